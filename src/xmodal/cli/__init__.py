@@ -1,0 +1,42 @@
+"""The `xmodal` command: one Typer app; each command is a thin wrapper over the Python API."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from xmodal.cli import models as models_cli
+from xmodal.cli.console import err_console
+from xmodal.errors import XmodalError
+
+app = typer.Typer(
+    name="xmodal",
+    help="Cross-modal retrieval: search photos and videos by text or image, benchmark, train and serve CLIP-family models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(models_cli.app, name="models")
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr.")) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    """Console-script entry point: XmodalError becomes a one-line message and exit code 1."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except XmodalError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        raise SystemExit(130) from None

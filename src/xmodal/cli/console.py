@@ -1,0 +1,69 @@
+"""Console helpers shared by the CLI commands: one Rich console and progress bars."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress as RichProgress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from xmodal.progress import NullProgress, Progress
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class ItemsPerSecondColumn(ProgressColumn):
+    """Throughput in items per second (Rich only ships a bytes/s column)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.1f} items/s" if task.speed else "", style="cyan")
+
+
+class RichProgressReporter:
+    """xmodal.progress.Progress drawn as a Rich bar with items/s and ETA."""
+
+    def __init__(self, progress: RichProgress):
+        self._progress = progress
+        self._task: TaskID | None = None
+
+    def start(self, description: str, total: int | None) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, visible=False)
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+
+@contextmanager
+def progress_bar(quiet: bool = False) -> Iterator[Progress]:
+    """A progress reporter: a live bar on a terminal, silent when quiet or not a TTY."""
+    if quiet or not err_console.is_terminal or not sys.stderr.isatty():
+        yield NullProgress()
+        return
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        ItemsPerSecondColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with RichProgress(*columns, console=err_console) as bar:
+        yield RichProgressReporter(bar)

@@ -1,0 +1,76 @@
+"""Typed exceptions: library code raises these with the bad value and the reason; the CLI prints them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class XmodalError(Exception):
+    """Base class of every error xmodal raises on purpose."""
+
+
+class InvalidArgumentError(XmodalError, ValueError):
+    """A parameter value is not one of the valid choices."""
+
+    def __init__(self, name: str, value: object, valid: str | list[str] | tuple[str, ...]):
+        options = valid if isinstance(valid, str) else ", ".join(map(str, valid))
+        super().__init__(f"invalid {name} {value!r}; expected {options}")
+        self.name = name
+        self.value = value
+
+
+class ModelNotFoundError(XmodalError):
+    """A model name or folder could not be resolved to files on disk."""
+
+
+class ModelFormatError(XmodalError):
+    """A model folder exists but a file in it is missing, unreadable or malformed."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class MediaError(XmodalError):
+    """A media item (image or video) could not be decoded; names the item and the reason."""
+
+    def __init__(self, item: object, reason: str):
+        super().__init__(f"{describe_item(item)}: {reason}")
+        self.item = item
+        self.reason = reason
+
+
+class ImageTooLargeError(MediaError):
+    """An image declares more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class DatasetFormatError(XmodalError):
+    """A dataset file is malformed; names file, line (when known) and reason."""
+
+    def __init__(self, path: str | Path, reason: str, line: int | None = None):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {reason}")
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+
+
+class LibraryError(XmodalError):
+    """A library folder, catalog or index cannot be used as asked."""
+
+
+def describe_item(item: object) -> str:
+    """A short human name for a media item: its path, or its type and shape for in-memory data."""
+    if isinstance(item, (str, Path)):
+        return str(item)
+    shape = getattr(item, "shape", None)
+    if shape is not None:
+        return f"<array {tuple(shape)}>"
+    size = getattr(item, "size", None)
+    mode = getattr(item, "mode", None)
+    if mode is not None:
+        return f"<image {mode} {size}>"
+    if isinstance(item, (bytes, bytearray)):
+        return f"<{len(item)} bytes>"
+    return f"<{type(item).__name__}>"

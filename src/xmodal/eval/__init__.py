@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, dataset readers, benchmarks, reports and plots."""

@@ -1,0 +1,1 @@
+"""Media decoding: images (and, later, video frames)."""

@@ -1,0 +1,49 @@
+"""Models: folder loader, preprocessing, tokenizers, runtimes, registry of names, export."""
+
+from __future__ import annotations
+
+import os
+
+from xmodal.media.image import DecodeOptions
+from xmodal.models.config import ModelConfig, PreprocessCfg, TextCfg, load_model_config
+from xmodal.models.encoder import Encoder, l2_normalize
+from xmodal.models.registry import known_models, pull_model, resolve_model
+from xmodal.models.runtime import default_threads
+
+__all__ = [
+    "Encoder",
+    "ModelConfig",
+    "PreprocessCfg",
+    "TextCfg",
+    "known_models",
+    "l2_normalize",
+    "load_model",
+    "pull_model",
+]
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    precision: str = "fp32",
+    runtime: str = "auto",
+    offline: bool | None = None,
+    threads: int | None = None,
+    decode: DecodeOptions | None = None,
+) -> Encoder:
+    """Load a model by folder, shipped name (``xmodal-tiny-shapes``), Immich name
+    (``ViT-B-32__openai``) or hub ``org/repo``.
+
+    precision: "fp32", "int8" (ONNX Runtime dynamic quantization, cached) or "bf16" (OpenVINO).
+    offline: never touch the network (default: $HF_HUB_OFFLINE / $XMODAL_OFFLINE).
+    """
+    folder, name = resolve_model(name_or_path, offline=offline)
+    config = load_model_config(folder)
+    return Encoder(
+        config,
+        name,
+        precision=precision,
+        runtime=runtime,
+        threads=threads if threads is not None else default_threads(),
+        decode=decode,
+    )

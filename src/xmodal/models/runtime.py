@@ -1,0 +1,145 @@
+"""Inference runtimes behind one small Protocol, and the one place that picks a runtime.
+
+ONNX Runtime is the default (fp32, and int8 through dynamic quantization of a cached copy of the
+graph). OpenVINO, when installed, runs the same ONNX files and uses bf16 on CPUs with AMX/AVX-512
+BF16. Neither needs torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from xmodal.errors import InvalidArgumentError, ModelFormatError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "int8", "bf16")
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+
+
+class EncoderSession(Protocol):
+    """A loaded graph: named numpy inputs in, one (N, D) float32 output."""
+
+    input_names: tuple[str, ...]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class OnnxRuntimeSession:
+    """An onnxruntime.InferenceSession that casts inputs to the graph's dtypes and loops over
+    the batch when the graph has a fixed batch of 1 (Immich's exports)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        _check_file(path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped exceptions
+            raise ModelFormatError(path, f"not a loadable ONNX model: {_first_line(exc)}") from None
+        inputs = self._session.get_inputs()
+        self.input_names = tuple(i.name for i in inputs)
+        self._dtypes = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in inputs}
+        self._batch_one = any(i.shape and i.shape[0] == 1 for i in inputs)
+        outputs = [o.name for o in self._session.get_outputs()]
+        self._output = "embedding" if "embedding" in outputs else outputs[0]
+        self.path = path
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in feeds.items()}
+        n = len(next(iter(feeds.values())))
+        if self._batch_one and n > 1:
+            rows = [self._run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(n)]
+            return np.concatenate(rows)
+        return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out = self._session.run([self._output], feeds)[0]
+        return np.asarray(out, dtype=np.float32).reshape(len(out), -1)
+
+
+class OpenVinoSession:
+    """The same ONNX graph compiled by OpenVINO for the CPU, in fp32 or bf16."""
+
+    def __init__(self, path: Path, precision: str, threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise InvalidArgumentError("runtime", "openvino", "installing it first: pip install 'xmodal[openvino]'") from None
+        _check_file(path)
+        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            model = ov.Core().read_model(str(path))
+            self._compiled = ov.Core().compile_model(model, "CPU", config)
+        except Exception as exc:  # openvino raises RuntimeError with long multi-line messages
+            raise ModelFormatError(path, f"OpenVINO cannot load it: {_first_line(exc)}") from None
+        self.input_names = tuple(p.get_any_name() for p in self._compiled.inputs)
+        self._dtypes = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype()) for p in self._compiled.inputs}
+        names = [p.get_any_name() for p in self._compiled.outputs]
+        self._output = self._compiled.outputs[names.index("embedding") if "embedding" in names else 0]
+        self._local = threading.local()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:  # one infer request per thread: requests are not thread-safe
+            request = self._local.request = self._compiled.create_infer_request()
+        feeds = {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in feeds.items()}
+        out = request.infer(feeds)[self._output]
+        return np.asarray(out, dtype=np.float32).reshape(len(out), -1)
+
+
+def create_session(path: Path, *, runtime: str, precision: str, threads: int | None = None) -> EncoderSession:
+    """Open `path` with the runtime and precision asked for; the one place runtimes are chosen."""
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError("precision", precision, PRECISIONS)
+    if runtime not in RUNTIMES:
+        raise InvalidArgumentError("runtime", runtime, RUNTIMES)
+    if runtime == "auto":
+        runtime = "openvino" if precision == "bf16" else "onnxruntime"
+    match runtime, precision:
+        case "onnxruntime", "fp32":
+            return OnnxRuntimeSession(path, threads)
+        case "onnxruntime", "int8":
+            from xmodal.models.quantize import quantized_copy
+
+            return OnnxRuntimeSession(quantized_copy(path), threads)
+        case "openvino", ("fp32" | "bf16"):
+            return OpenVinoSession(path, precision, threads)
+    raise InvalidArgumentError("runtime/precision", f"{runtime}/{precision}", "onnxruntime with fp32|int8, openvino with fp32|bf16")
+
+
+def default_threads() -> int | None:
+    """Threads for one session: $XMODAL_THREADS if set, else the runtime's own default."""
+    value = os.environ.get("XMODAL_THREADS")
+    return int(value) if value and value.isdigit() and int(value) > 0 else None
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise ModelFormatError(path, "missing file")
+    if path.stat().st_size == 0:
+        raise ModelFormatError(path, "empty file (0 bytes)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

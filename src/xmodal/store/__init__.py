@@ -1,0 +1,1 @@
+"""Library store: SQLite catalog, vector storage, index backends (exact, Faiss)."""
