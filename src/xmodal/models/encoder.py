@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from pathlib import Path
 from typing import Literal, Union
 
 import numpy as np
@@ -63,6 +66,19 @@ class Encoder:
         self._lock = threading.Lock()
         self._sessions: dict[str, EncoderSession] = {}
         self._tokenizer: TextTokenizer | None = None
+
+    @cached_property
+    def model_key(self) -> str:
+        """Names this model's embedding space for caches: name, precision and a digest of the
+        folder's files (re-exported or fine-tuned weights under the same name get a new key)."""
+        digest = hashlib.blake2b(digest_size=8)
+        folder = self.config.folder
+        for rel in ("config.json", "visual/preprocess_cfg.json", "textual/tokenizer.json"):
+            path = folder / rel
+            digest.update(path.read_bytes() if path.is_file() else b"-")
+        for path in (self.config.visual_path, self.config.textual_path):
+            digest.update(_file_signature(path))
+        return f"{self.name}@{self.precision}:{digest.hexdigest()}"
 
     def __repr__(self) -> str:
         return f"Encoder({self.name!r}, dim={self.dim}, precision={self.precision!r})"
@@ -193,6 +209,16 @@ class Encoder:
             for i in range(0, len(texts), batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def _file_signature(path: Path, sample: int = 1 << 20) -> bytes:
+    """Size plus the first and last MiB: identifies multi-GB weight files in milliseconds."""
+    size = path.stat().st_size
+    with open(path, "rb") as fp:
+        head = fp.read(sample)
+        fp.seek(max(0, size - sample))
+        tail = fp.read(sample)
+    return str(size).encode() + head + tail
 
 
 def _handle_error(on_error: ErrorHandler, index: int, item: object, error: MediaError) -> None:
