@@ -13,16 +13,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from platformdirs import user_cache_dir
+from xmodal.paths import cache_root
 
 log = logging.getLogger(__name__)
 
 QUANTIZED_OPS = ["MatMul", "Gemm"]
-
-
-def cache_root() -> Path:
-    """xmodal's cache folder ($XMODAL_CACHE or the platform's user cache)."""
-    return Path(os.environ.get("XMODAL_CACHE") or user_cache_dir("xmodal"))
 
 
 def quantize_model(src: Path, dst: Path) -> Path:
