@@ -1,0 +1,5 @@
+"""`python -m xmodal` runs the CLI."""
+
+from xmodal.cli import main
+
+main()
