@@ -119,7 +119,7 @@ def _decode_stream(fp: io.IOBase, item: object, options: DecodeOptions) -> Decod
     except UnidentifiedImageError:
         raise MediaError(item, "not a recognized image format") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise MediaError(item, f"corrupt image header: {exc}") from None
+        raise MediaError(item, f"corrupt or truncated image header: {exc}") from None
     width, height = img.size
     if width <= 0 or height <= 0:
         raise MediaError(item, f"invalid image size {width}x{height}")

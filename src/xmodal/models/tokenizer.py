@@ -72,10 +72,10 @@ class TextTokenizer:
     """Tokenizes text for one model folder's textual tower."""
 
     def __init__(self, tokenizer_path: Path, cfg: TextCfg):
+        if not Path(tokenizer_path).is_file():
+            raise ModelFormatError(tokenizer_path, "missing file")
         try:
             self._tok = Tokenizer.from_file(str(tokenizer_path))
-        except FileNotFoundError:
-            raise ModelFormatError(tokenizer_path, "missing file") from None
         except Exception as exc:  # tokenizers raises a bare Exception on parse errors
             raise ModelFormatError(tokenizer_path, f"not a valid tokenizers file: {exc}") from None
         self.cfg = cfg

@@ -1,0 +1,69 @@
+"""Shared fixtures: model folders exported from random-init transformers checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers import make_chinese_clip_checkpoint, make_clip_checkpoint, make_siglip_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep xmodal's and the hub's caches inside the test run, never the user's."""
+    root = tmp_path_factory.mktemp("caches")
+    os.environ["XMODAL_CACHE"] = str(root / "xmodal")
+    os.environ["HF_HOME"] = str(root / "hf")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _export(src: Path, out: Path, **kwargs) -> Path:
+    from xmodal.models.export import export_hf_checkpoint
+
+    return export_hf_checkpoint(src, out, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def clip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random-init transformers CLIPModel with the real OpenAI CLIP tokenizer."""
+    return make_clip_checkpoint(tmp_path_factory.mktemp("clip_ckpt"))
+
+
+@pytest.fixture(scope="session")
+def clip_model_dir(clip_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """That CLIP checkpoint exported to an xmodal/Immich model folder."""
+    return _export(clip_checkpoint, tmp_path_factory.mktemp("clip_model") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def siglip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_siglip_checkpoint(tmp_path_factory.mktemp("siglip_ckpt"))
+
+
+@pytest.fixture(scope="session")
+def siglip_model_dir(siglip_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(siglip_checkpoint, tmp_path_factory.mktemp("siglip_model") / "tiny-siglip")
+
+
+@pytest.fixture(scope="session")
+def chinese_clip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_chinese_clip_checkpoint(tmp_path_factory.mktemp("cclip_ckpt"))
+
+
+@pytest.fixture(scope="session")
+def chinese_clip_model_dir(chinese_clip_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(chinese_clip_checkpoint, tmp_path_factory.mktemp("cclip_model") / "tiny-chinese-clip")
+
+
+@pytest.fixture(scope="session")
+def vitb32_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random-init CLIPModel with the real ViT-B/32 geometry (CLIPConfig defaults)."""
+    return make_clip_checkpoint(tmp_path_factory.mktemp("vitb32_ckpt"), full_geometry=True)
+
+
+@pytest.fixture(scope="session")
+def vitb32_model_dir(vitb32_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(vitb32_checkpoint, tmp_path_factory.mktemp("vitb32_model") / "vitb32")
