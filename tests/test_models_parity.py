@@ -50,10 +50,12 @@ def reference_texts(checkpoint, texts, max_length, with_mask=False) -> np.ndarra
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision,min_cos", [("fp32", 0.9999), ("int8", 0.99)])
+@pytest.mark.parametrize("precision,min_cos", [("fp32", 0.9999), ("int8", 0.99), ("bf16", 0.999)])
 def test_vitb32_geometry_matches_torch(vitb32_checkpoint, vitb32_model_dir, precision, min_cos):
     from transformers import CLIPImageProcessorPil
 
+    if precision == "bf16":
+        pytest.importorskip("openvino", reason="bf16 runs on OpenVINO (pip install 'xmodal[openvino]')")
     enc = xmodal.load_model(vitb32_model_dir, precision=precision)
     assert enc.dim == 512 and enc.image_size == 224
     images = sample_images()
@@ -143,3 +145,39 @@ def test_runtime_imports_no_torch(clip_model_dir):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_batch_one_graphs_are_looped(clip_model_dir, tmp_path):
+    """Immich exports have a fixed batch of 1; batches are run item by item, same results."""
+    import shutil
+
+    import onnx
+    from onnx.tools import update_model_dims
+
+    folder = tmp_path / "batch1"
+    shutil.copytree(clip_model_dir, folder)
+    for tower, name in (("visual", "image"), ("textual", "text")):
+        path = folder / tower / "model.onnx"
+        model = onnx.load(str(path))
+        dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+        out_dims = [d.dim_value or d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
+        model = update_model_dims.update_inputs_outputs_dims(model, {name: [1, *dims[1:]]}, {"embedding": [1, *out_dims[1:]]})
+        onnx.save(model, str(path))
+    fixed, dynamic = xmodal.load_model(folder), xmodal.load_model(clip_model_dir)
+    images = sample_images()
+    np.testing.assert_allclose(fixed.embed_images(images, batch_size=4), dynamic.embed_images(images, batch_size=4), atol=1e-5)
+    np.testing.assert_allclose(fixed.embed_texts(TEXTS), dynamic.embed_texts(TEXTS), atol=1e-5)
+
+
+def test_long_text_window_mode(clip_model_dir):
+    enc = xmodal.load_model(clip_model_dir)
+    long_text = " ".join(["a red circle next to a blue square on a sunny beach"] * 20)
+    truncated = enc.embed_texts([long_text])
+    windowed = enc.embed_texts([long_text], long_text="window")
+    assert windowed.shape == (1, enc.dim)
+    np.testing.assert_allclose(np.linalg.norm(windowed), 1.0, atol=1e-5)
+    windows = enc.tokenizer.encode_windows(long_text)
+    expected = enc.embed_tokens(windows).mean(axis=0)
+    np.testing.assert_allclose(windowed[0], expected / np.linalg.norm(expected), atol=1e-6)
+    assert not np.allclose(windowed, truncated, atol=1e-4)
+    np.testing.assert_allclose(enc.embed_texts(["short"], long_text="window"), enc.embed_texts(["short"]), atol=1e-6)

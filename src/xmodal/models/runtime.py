@@ -92,9 +92,9 @@ class OpenVinoSession:
             self._compiled = ov.Core().compile_model(model, "CPU", config)
         except Exception as exc:  # openvino raises RuntimeError with long multi-line messages
             raise ModelFormatError(path, f"OpenVINO cannot load it: {_first_line(exc)}") from None
-        self.input_names = tuple(p.get_any_name() for p in self._compiled.inputs)
-        self._dtypes = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype()) for p in self._compiled.inputs}
-        names = [p.get_any_name() for p in self._compiled.outputs]
+        self.input_names = tuple(_port_name(p) for p in self._compiled.inputs)
+        self._dtypes = {_port_name(p): np.dtype(p.get_element_type().to_dtype()) for p in self._compiled.inputs}
+        names = [_port_name(p) for p in self._compiled.outputs]
         self._output = self._compiled.outputs[names.index("embedding") if "embedding" in names else 0]
         self._local = threading.local()
 
@@ -105,6 +105,12 @@ class OpenVinoSession:
         feeds = {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in feeds.items()}
         out = request.infer(feeds)[self._output]
         return np.asarray(out, dtype=np.float32).reshape(len(out), -1)
+
+
+def _port_name(port) -> str:
+    """The graph's own name of an OpenVINO port: after fusing a Cast, a port also carries the
+    internal tensor name (e.g. '/Cast_output_0'); prefer the public one."""
+    return sorted(port.get_names(), key=lambda n: (n.startswith("/"), len(n)))[0]
 
 
 def create_session(path: Path, *, runtime: str, precision: str, threads: int | None = None) -> EncoderSession:

@@ -1,0 +1,124 @@
+"""Image-tower throughput: torch eager vs xmodal's runtimes, side by side in one run.
+
+ViT-B/32 image tower (random init, real geometry: transformers CLIPConfig defaults), exported
+by xmodal. For batch sizes 1/16/64 prints images/s, the ratio to torch eager fp32, the cosine of
+each output to torch fp32, and the share of the machine's measured matmul peak reached.
+
+    python benchmarks/encode.py [--batches 1,16,64] [--seconds 4] [--json out.json]
+
+Needs the [torch] extra (reference + export); OpenVINO rows appear when `openvino` is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def vit_image_gflop(cfg) -> float:
+    """Forward FLOPs (2 x multiply-adds) of a CLIP ViT image tower for one image."""
+    v = cfg.vision_config
+    tokens = (v.image_size // v.patch_size) ** 2 + 1
+    d, mlp = v.hidden_size, v.intermediate_size
+    patch = (v.image_size // v.patch_size) ** 2 * d * 3 * v.patch_size**2
+    per_layer = tokens * (4 * d * d + 2 * d * mlp) + 2 * tokens * tokens * d
+    return 2 * (patch + v.num_hidden_layers * per_layer + d * cfg.projection_dim) / 1e9
+
+
+def matmul_peak(dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """Measured GFLOP/s of torch's n x n matmul in `dtype` on this machine."""
+    import torch
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def throughput(fn, batch: int, seconds: float) -> tuple[float, np.ndarray]:
+    """Images/s of fn() over at least `seconds` (after one warm-up call), and its last output."""
+    out = fn()
+    reps, start = 0, time.perf_counter()
+    while reps < 2 or time.perf_counter() - start < seconds:
+        out = fn()
+        reps += 1
+    return batch * reps / (time.perf_counter() - start), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import CLIPModel
+
+    import xmodal
+    from helpers import make_clip_checkpoint
+    from xmodal.models.export import export_hf_checkpoint
+
+    work = Path(tempfile.mkdtemp(prefix="xmodal-bench-"))
+    os.environ.setdefault("XMODAL_CACHE", str(work / "cache"))
+    checkpoint = make_clip_checkpoint(work / "ckpt", full_geometry=True)
+    folder = export_hf_checkpoint(checkpoint, work / "vitb32")
+    model = CLIPModel.from_pretrained(checkpoint).eval()
+    gflop = vit_image_gflop(model.config)
+
+    def torch_eager(pixels, bf16=False):
+        def run():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model.get_image_features(pixel_values=torch.from_numpy(pixels)).pooler_output
+            return torch.nn.functional.normalize(out.float(), dim=-1).numpy()
+        return run
+
+    encoders = {"xmodal fp32 (onnxruntime)": xmodal.load_model(folder), "xmodal int8 (onnxruntime)": xmodal.load_model(folder, precision="int8")}
+    try:
+        import openvino  # noqa: F401
+
+        encoders["xmodal fp32 (openvino)"] = xmodal.load_model(folder, runtime="openvino")
+        encoders["xmodal bf16 (openvino)"] = xmodal.load_model(folder, precision="bf16")
+    except ImportError:
+        print("openvino not installed: no bf16 rows (pip install 'xmodal[openvino]')")
+
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
+          f"ViT-B/32 image tower {gflop:.2f} GFLOP/image; torch threads {torch.get_num_threads()}")
+    rows = []
+    rng = np.random.default_rng(0)
+    for batch in [int(b) for b in args.batches.split(",")]:
+        pixels = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        base_ips, ref = throughput(torch_eager(pixels), batch, args.seconds)
+        runs = {"torch eager fp32": (base_ips, ref)}
+        runs["torch eager bf16 autocast"] = throughput(torch_eager(pixels, bf16=True), batch, args.seconds)
+        for name, enc in encoders.items():
+            runs[name] = throughput(lambda e=enc: e.embed_pixels(pixels), batch, args.seconds)
+        for name, (ips, out) in runs.items():
+            kind = "bf16" if "bf16" in name else "fp32"
+            row = {
+                "batch": batch, "runtime": name, "images_per_s": ips, "vs_torch_fp32": ips / base_ips,
+                "cosine_vs_fp32": float(np.min(np.sum(out * ref, axis=1))),
+                "gflops": ips * gflop, "share_of_peak": ips * gflop / peak[kind], "peak_kind": kind,
+            }
+            rows.append(row)
+            print(f"batch {batch:3d}  {name:28s} {ips:7.1f} img/s  x{row['vs_torch_fp32']:.2f}  "
+                  f"cos {row['cosine_vs_fp32']:.6f}  {row['gflops']:6.0f} GFLOP/s = {100 * row['share_of_peak']:4.1f}% of {kind} peak")
+    if args.json:
+        args.json.write_text(json.dumps({"peak_gflops": peak, "gflop_per_image": gflop, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
