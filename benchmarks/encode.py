@@ -105,7 +105,7 @@ def main() -> None:
         runs = {"torch eager fp32": (base_ips, ref)}
         runs["torch eager bf16 autocast"] = throughput(torch_eager(pixels, bf16=True), batch, args.seconds)
         for name, enc in encoders.items():
-            runs[name] = throughput(lambda e=enc: e.embed_pixels(pixels), batch, args.seconds)
+            runs[name] = throughput(lambda e=enc, p=pixels: e.embed_pixels(p), batch, args.seconds)
         for name, (ips, out) in runs.items():
             kind = "bf16" if "bf16" in name else "fp32"
             row = {

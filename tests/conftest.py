@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from helpers import make_chinese_clip_checkpoint, make_clip_checkpoint, make_siglip_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="session")
-def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep xmodal's and the hub's caches inside the test run, never the user's."""
-    root = tmp_path_factory.mktemp("caches")
-    os.environ["XMODAL_CACHE"] = str(root / "xmodal")
-    os.environ["HF_HOME"] = str(root / "hf")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Caches inside the test run, never the user's. Set at import, before test modules import
+# huggingface_hub (which reads HF_HOME once, at import time).
+_CACHES = Path(tempfile.mkdtemp(prefix="xmodal-test-caches-"))
+atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
+os.environ["XMODAL_CACHE"] = str(_CACHES / "xmodal")
+os.environ["HF_HOME"] = str(_CACHES / "hf")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _export(src: Path, out: Path, **kwargs) -> Path:

@@ -14,7 +14,6 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -30,7 +29,7 @@ try:  # HEIC/HEIF (and AVIF on older Pillow) when the optional plugin is install
 except ImportError:  # pragma: no cover - optional plugin
     pass
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 # Pillow raises DecompressionBombError itself above twice its MAX_IMAGE_PIXELS; using the same
 # number keeps our limit and Pillow's in agreement by default while allowing a lower one.
@@ -95,7 +94,7 @@ def _open_file(path: Path) -> io.BufferedReader:
     try:
         if path.is_dir():
             raise MediaError(path, "is a directory, not an image file")
-        fp = open(path, "rb")  # noqa: SIM115 - closed by the caller's with-block
+        fp = open(path, "rb")
     except FileNotFoundError:
         reason = "broken symbolic link" if path.is_symlink() else "file not found"
         raise MediaError(path, reason) from None
@@ -202,7 +201,7 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.
 def _exif_orientation(img: Image.Image) -> int:
     try:
         return int(img.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 - malformed EXIF must not fail the decode
+    except Exception:
         return 1
 
 
@@ -213,7 +212,7 @@ def exif_taken_at(img: Image.Image) -> datetime | None:
         sub = exif.get_ifd(_EXIF_IFD)
         raw = sub.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
         offset = sub.get(_OFFSET_TIME_ORIGINAL)
-    except Exception:  # noqa: BLE001 - malformed EXIF is common and must not fail the decode
+    except Exception:
         return None
     return parse_exif_datetime(raw, offset)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from xmodal.models.tokenizer import TextTokenizer, TokenBatch
 
 log = logging.getLogger(__name__)
 
-ErrorHandler = Union[Literal["raise", "skip"], Callable[[int, object, MediaError], None]]
+ErrorHandler = Literal["raise", "skip"] | Callable[[int, object, MediaError], None]
 LONG_TEXT_MODES = ("truncate", "window")
 
 
