@@ -49,6 +49,7 @@ def test_karpathy_split_json():
 
 def test_coco_captions_json():
     d = read_dataset(f"coco:{EVAL / 'coco'}")  # the folder: coco_test_karpathy.json is picked by split
+    assert d.name == "coco"
     assert d.items == [IMAGES / "a.jpg", IMAGES / "b.jpg"]
     assert by_text(d) == {"a red square": ["a.jpg"], "a green square": ["b.jpg"], "scarlet": ["a.jpg"]}
     assert d.missing == ["gone.jpg"] and d.texts_dropped == 1
@@ -63,6 +64,7 @@ def test_coco_captions_json():
 
 def test_clip_benchmark_flickr_txt():
     d = read_dataset(f"flickr:{EVAL / 'flickr'}")
+    assert d.name == "flickr30k"
     assert d.item_ids == ["a.jpg", "b.jpg", "c.jpg"]
     assert d.texts == ["A red square, bright and small.", "Quoted, with comma", "a green square", "a blue square"]
     assert d.missing == ["missing.jpg"]
@@ -193,6 +195,7 @@ def test_classification_folder_csv_and_names(tmp_path):
     assert named.class_ids == ["red", "green", "blue"] and named.classnames == ["red square", "green square", "blue square"]
     assert named.labels.tolist() == [2, 1, 1, 0, 0]
     table = read_classification(EVAL / "zeroshot" / "labels.csv")
+    assert table.name == "zeroshot"
     assert [p.name for p in table.items] == ["r1.png", "g1.png", "b1.png"] and table.labels.tolist() == [2, 1, 0]
     assert table.missing == ["classes/red/missing.png"] and [p.line for p in table.problems] == [6]
     balanced = read_classification(EVAL / "zeroshot" / "classes", limit=4)

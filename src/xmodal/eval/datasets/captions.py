@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 from xmodal.errors import DatasetFormatError
@@ -83,7 +84,7 @@ def read_coco(path: Path, options: ReadOptions) -> RetrievalDataset:
     data = load_json(file)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise DatasetFormatError(file, "expected an object with 'images' and 'annotations' lists (COCO captions format)")
-    builder = DatasetBuilder(file.stem, "coco", options, kind="image")
+    builder = DatasetBuilder(_public_name(file), "coco", options, kind="image")
     roots = _roots(file, options)
     ids: dict[object, str] = {}
     for n, image in enumerate(data["images"]):
@@ -130,7 +131,7 @@ def _read_table(file: Path, options: ReadOptions, fmt: str, folders: tuple[str, 
             file, f"header {header!r} needs a path column ({'/'.join(PATH_COLUMNS)}) and a caption column (caption...)", 1
         )
     split_col = header.index("split") if "split" in header else None
-    builder = DatasetBuilder(file.stem, fmt, options)
+    builder = DatasetBuilder(_public_name(file), fmt, options)
     roots = _roots(file, options)
     seen, matched = set(), 0
     for row in reader:
@@ -199,6 +200,11 @@ def read_jsonl(path: Path, options: ReadOptions) -> RetrievalDataset:
             builder.add_text(text, [rel])
     require_split_match(path, options.split, seen, matched)
     return builder.build()
+
+
+def _public_name(file: Path) -> str:
+    """Dataset name from a file name: CLIP_benchmark's `coco_test_karpathy.json` -> `coco`."""
+    return re.sub(r"_(train|val|test|restval)_karpathy$", "", file.stem)
 
 
 def _single(folder: Path, pattern: str, what: str) -> Path:

@@ -73,7 +73,7 @@ def read_classification(
     index = {c: i for i, c in enumerate(class_ids)}
     pairs = _balanced(pairs, limit) if limit is not None else pairs
     return ClassificationDataset(
-        name=path.stem if path.is_file() else path.name,
+        name=path.parent.name if path.is_file() else path.name,  # imagenet/labels.tsv -> "imagenet"
         items=[p for p, _ in pairs],
         labels=np.array([index[label] for _, label in pairs], dtype=np.int64),
         class_ids=class_ids,
