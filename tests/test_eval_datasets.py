@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,27 @@ def test_real_msvd_clips_in_msvd_layout(tmp_path):
 def test_base64_fixture_matches_images():
     lines = (EVAL / "cn-clip" / "test_imgs.tsv").read_text().splitlines()
     assert base64.b64decode(lines[0].split("\t")[1]) == (IMAGES / "a.jpg").read_bytes()
+
+
+def test_parsed_split_cache_skips_parsing_and_notices_changes(tmp_path):
+    shutil.copytree(EVAL / "images", tmp_path / "images")
+    (tmp_path / "k").mkdir()
+    annotations = tmp_path / "k" / "dataset_tiny.json"
+    shutil.copy(EVAL / "karpathy" / "dataset_tiny.json", annotations)
+    store = tmp_path / "parsed"
+    first = read_dataset(annotations, parsed_cache=store)
+    assert len(list(store.glob("*.json"))) == 1
+    again = read_dataset(annotations, parsed_cache=store)
+    assert replace(again, problems=[]) == replace(first, problems=[])
+    assert [str(p) for p in again.problems] == [str(p) for p in first.problems]
+    assert len(list(store.glob("*.json"))) == 1
+    (tmp_path / "images" / "d.png").unlink()  # a file vanished since the split was stored
+    gone = read_dataset(annotations, parsed_cache=store)
+    assert gone.item_ids == ["images/a.jpg", "images/b.jpg"] and gone.missing == ["images/missing.jpg", "images/d.png"]
+    assert "a white square" not in gone.texts
+    data = json.loads(annotations.read_text())
+    data["images"][0]["sentences"].append({"raw": "a new caption"})
+    annotations.write_text(json.dumps(data))  # changed file: parsed again, stored under a new key
+    assert "a new caption" in read_dataset(annotations, parsed_cache=store).texts
+    assert len(list(store.glob("*.json"))) == 2
+    assert read_dataset(annotations, ReadOptions(split="train"), parsed_cache=store).item_ids == ["images/c.jpg"]

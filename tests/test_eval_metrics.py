@@ -77,7 +77,7 @@ def test_ties_keep_gallery_order():
     assert ranks_from_similarity(sim, [[4, 0]]).tolist() == [4]
 
 
-@pytest.mark.parametrize("layout", ["c", "fortran", "float64", "float16", "int"])
+@pytest.mark.parametrize("layout", ["c", "fortran", "float64", "float16", "int", "transposed-float64"])
 def test_matches_stable_argsort_reference_with_many_ties(monkeypatch, layout):
     # Small chunk and block sizes so every path (several chunks, several blocks, ragged ends) runs.
     monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 97)
@@ -89,6 +89,7 @@ def test_matches_stable_argsort_reference_with_many_ties(monkeypatch, layout):
         sim = {
             "c": sim.astype(np.float32), "fortran": np.asfortranarray(sim.astype(np.float32)),
             "float64": sim.astype(np.float64), "float16": sim.astype(np.float16), "int": sim.astype(np.int64),
+            "transposed-float64": np.ascontiguousarray(sim.T, dtype=np.float64).T,  # S.T: ranked by columns
         }[layout]
         positives = [rng.choice(g, size=int(rng.integers(1, min(g, 6) + 1)), replace=False).tolist() for _ in range(q)]
         assert ranks_from_similarity(sim, positives).tolist() == reference_ranks(np.asarray(sim, np.float64), positives).tolist()

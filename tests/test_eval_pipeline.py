@@ -100,7 +100,7 @@ def test_eval_cli_outputs_counts_and_cache_invariance(clip_model_dir, synth_karp
     assert header in screen and "| Text→Image | tiny-clip | synth |" in screen and "| Image→Text | tiny-clip | synth |" in screen
     assert "1 missing files, 1 undecodable" in screen
     assert (tmp_path / "cold" / "results.md").read_text().startswith(header)
-    rows = list(csv.DictReader(open(tmp_path / "cold" / "results.csv", encoding="utf-8")))
+    rows = list(csv.DictReader((tmp_path / "cold" / "results.csv").read_text(encoding="utf-8").splitlines()))
     assert [row["Direction"] for row in rows] == ["Text→Image", "Image→Text"]
     t2i = r["directions"]["t2i"]["metrics"]
     assert rows[0]["R@1 (0-1)"] == f"{t2i['R@1']:.3f}" and rows[0]["MnR"] == f"{t2i['MnR']:.1f}"
@@ -121,6 +121,21 @@ def test_pipeline_ranks_equal_a_direct_computation(clip_model_dir, synth_karpath
     assert t2i.ranks.tolist() == reference_ranks(texts, images, kept.text_positives)
     assert i2t.ranks.tolist() == reference_ranks(images, texts, kept.item_positives)
     assert t2i.chance["R@1"] == pytest.approx(1 / 24) and i2t.chance["R@1"] == pytest.approx(5 / 120)
+
+
+def test_shared_similarity_and_blocked_paths_agree(clip_model_dir, monkeypatch):
+    """Both directions from one matrix (read column-wise for item->text) or from embeddings in blocks;
+    a gallery item without captions (a distractor) is a candidate for text->image, never a query."""
+    from xmodal.eval import retrieval
+
+    encoder = xmodal.load_model(clip_model_dir)
+    dataset = read_dataset(EVAL / "generic" / "captions.jsonl")  # images/c.jpg has no caption
+    shared = evaluate_retrieval(encoder, dataset)
+    monkeypatch.setattr(retrieval, "SIMILARITY_BUDGET_BYTES", 0)
+    blocked = evaluate_retrieval(encoder, dataset)
+    assert [(d.queries, d.gallery) for d in shared.directions] == [(4, 4), (3, 4)]
+    for a, b in zip(shared.directions, blocked.directions):
+        assert a.ranks.tolist() == b.ranks.tolist() and a.metrics == b.metrics
 
 
 def test_percent_table_two_models_and_directions(clip_model_dir, siglip_model_dir, synth_karpathy, tmp_path):
@@ -166,6 +181,19 @@ def test_in_memory_images_from_chinese_clip_tsv(clip_model_dir, tmp_path):
         assert embed_items(encoder, files.items, cache=cache).cached == 3
 
 
+def test_hash_memo_follows_file_changes(tmp_path):
+    from xmodal.media.hashing import content_hash
+
+    picture = tmp_path / "p.jpg"
+    picture.write_bytes((EVAL / "images" / "a.jpg").read_bytes())
+    with EmbeddingCache(tmp_path / "cache.sqlite") as cache:
+        assert cache.file_hashes([picture]) == [content_hash(picture)]
+        picture.write_bytes((EVAL / "images" / "d.png").read_bytes())  # new size: hashed again
+        assert cache.file_hashes([picture]) == [content_hash(EVAL / "images" / "d.png")]
+        with pytest.raises(FileNotFoundError):
+            cache.file_hashes([tmp_path / "absent.jpg"])
+
+
 KILLER = """
 import os, signal, sys
 import xmodal
@@ -191,7 +219,7 @@ def test_cache_survives_kill_9_and_resumes(clip_model_dir, synth_karpathy, tmp_p
     items = sorted(str(p) for p in (synth_karpathy.parent / "imgs").glob("[0-9]*.jpg"))
     cache_file = tmp_path / "cache.sqlite"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(xmodal.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", KILLER, str(clip_model_dir), str(cache_file), *items], env=env, capture_output=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(clip_model_dir), str(cache_file), *items], env=env, capture_output=True, timeout=120, check=False)
     assert proc.returncode == -9, proc.stderr.decode()
     with sqlite3.connect(cache_file) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -208,7 +236,7 @@ def test_cli_errors_are_one_line_and_other_work_goes_on(clip_model_dir, synth_ka
     proc = subprocess.run(
         [sys.executable, "-m", "xmodal", "eval", "-q", "-m", str(clip_model_dir), "-m", str(tmp_path / "no-model"),
          "-d", f"karpathy:{synth_karpathy}", "-d", f"coco:{tmp_path}", "--limit", "3", "--no-cache", "--out", str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -17,7 +17,13 @@ from helpers import FIXTURES
 from xmodal.cli import app
 from xmodal.errors import DatasetFormatError
 from xmodal.eval.datasets.classification import read_classification
-from xmodal.eval.zeroshot import _top_k, class_embeddings, evaluate_zeroshot, fill_template, load_templates
+from xmodal.eval.zeroshot import (
+    _top_k,
+    class_embeddings,
+    evaluate_zeroshot,
+    fill_template,
+    load_templates,
+)
 
 ZS = FIXTURES / "eval" / "zeroshot"
 
@@ -92,7 +98,7 @@ def test_zeroshot_cli_writes_tables_and_confusion_matrix(clip_model_dir, tmp_pat
     assert (doc["images"], doc["classes"], doc["templates"]) == (3, 3, 2)
     assert doc["classnames"] == ["red square", "green square", "blue square"]
     assert np.array(doc["confusion"]).sum() == 3 and doc["top5"] == 1.0
-    rows = list(csv.DictReader(open(out / "per_class_tiny-clip.csv", encoding="utf-8")))
+    rows = list(csv.DictReader((out / "per_class_tiny-clip.csv").read_text(encoding="utf-8").splitlines()))
     assert [r["class"] for r in rows] == ["red square", "green square", "blue square"] and all(r["images"] == "1" for r in rows)
     assert float(doc["top1"]) == pytest.approx(np.mean([float(r["top1"]) for r in rows]))
     with Image.open(out / "confusion_tiny-clip.png") as png:

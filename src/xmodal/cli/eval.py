@@ -76,17 +76,16 @@ def evaluate(
     options = ReadOptions(split=None if split == "all" else split, limit=limit, media_root=images, strict=strict)
     wanted = [d.strip() for d in directions.split(",") if d.strip()] if directions else None
     failed = False
-    datasets = []
-    for spec in dataset:
-        try:
-            data = read_dataset(spec, options)
-        except XmodalError as exc:
-            _error(spec, exc)
-            failed = True
-            continue
-        datasets.append(replace(data, language=language or data.language))
-    results = []
+    datasets, results = [], []
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
+        for spec in dataset:
+            try:
+                data = read_dataset(spec, options, parsed_cache=cache.parsed_datasets if cache else None)
+            except XmodalError as exc:
+                _error(spec, exc)
+                failed = True
+                continue
+            datasets.append(replace(data, language=language or data.language))
         for name in model:
             try:
                 encoder = load_model(name, precision=precision)

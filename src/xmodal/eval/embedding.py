@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def embed_items(
 ) -> Embedded:
     """Image (or video) embeddings (N, D), cached by file content (and frame count for videos)."""
     progress = progress or NullProgress()
-    keys, failures = _item_keys(items, kind, frames)
+    keys, failures = _item_keys(items, kind, frames, cache)
     if kind == "video":
         def embed(indices: list[int]) -> tuple[np.ndarray, dict[int, str]]:
             return _embed_videos(encoder, [items[i] for i in indices], frames, batch_size)
@@ -101,13 +102,17 @@ def embed_items(
     return Embedded(vectors, failures, result.cached)
 
 
-def _item_keys(items: Sequence[MediaSource], kind: str, frames: int) -> tuple[list[str], dict[int, str]]:
-    """Content hashes (videos: plus the sampling); an unreadable file is a failure, not an error."""
+def _item_keys(
+    items: Sequence[MediaSource], kind: str, frames: int, cache: EmbeddingCache | None = None
+) -> tuple[list[str], dict[int, str]]:
+    """Content hashes (videos: plus the sampling); an unreadable file is a failure, not an error.
+    With a cache, unchanged files (same size and mtime) reuse their stored hash."""
     keys, failures = [], {}
     suffix = f":uniform{frames}" if kind == "video" else ""
     for i, item in enumerate(items):
         try:
-            keys.append(content_hash(item) + suffix)
+            digest = cache.file_hashes([item])[0] if cache is not None and isinstance(item, Path) else content_hash(item)
+            keys.append(digest + suffix)
         except OSError as exc:
             keys.append("")
             failures[i] = f"cannot read file ({exc.strerror or exc})"

@@ -51,6 +51,17 @@ def _positives_csr(positives: Sequence[Iterable[int]], n_gallery: int) -> tuple[
     return flat, offsets
 
 
+def _best_positives(values: np.ndarray, flat: np.ndarray, offsets: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: the best positive score and, among equally best positives, the earliest index."""
+    counts = np.diff(offsets)
+    best = np.maximum.reduceat(values, offsets[:-1])
+    if np.isnan(best).any():
+        q = first + int(np.flatnonzero(np.isnan(best))[0])
+        raise InvalidArgumentError(f"score of a positive of query {q}", "NaN", "finite scores")
+    candidates = np.where(values == np.repeat(best, counts), flat, np.iinfo(np.int64).max)
+    return best, np.minimum.reduceat(candidates, offsets[:-1])
+
+
 class _RankCounter:
     """Counts, per query row of a score block, the items ranked before its best positive."""
 
@@ -68,15 +79,8 @@ class _RankCounter:
 
     def ranks(self, scores: np.ndarray, flat: np.ndarray, offsets: np.ndarray, first: int = 0) -> np.ndarray:
         """1-based ranks for a (B, G) block of queries first..first+B-1; their positives in CSR form."""
-        counts = np.diff(offsets)
-        values = scores[np.repeat(np.arange(len(scores)), counts), flat]
-        best = np.maximum.reduceat(values, offsets[:-1])
-        if np.isnan(best).any():
-            q = first + int(np.flatnonzero(np.isnan(best))[0])
-            raise InvalidArgumentError(f"score of a positive of query {q}", "NaN", "finite scores")
-        # Among equally best-scoring positives the one earliest in the gallery ranks first.
-        candidates = np.where(values == np.repeat(best, counts), flat, np.iinfo(np.int64).max)
-        best_index = np.minimum.reduceat(candidates, offsets[:-1])
+        values = scores[np.repeat(np.arange(len(scores)), np.diff(offsets)), flat]
+        best, best_index = _best_positives(values, flat, offsets, first)
         ranks = np.ones(len(scores), dtype=np.int64)
         equal = np.empty(len(scores), dtype=np.int64)
         g = self.n_gallery
@@ -92,6 +96,33 @@ class _RankCounter:
         return ranks
 
 
+def _column_ranks(gallery_rows: np.ndarray, flat: np.ndarray, offsets: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Ranks of the columns of a C-ordered (G, Q) matrix as queries, streaming its rows.
+
+    This is `ranks_from_similarity(S.T)` without a transposed copy (which costs more than
+    ranking): each chunk of gallery rows is compared with every column's threshold at once and
+    the booleans are summed down the columns as bytes (at most 255 rows per chunk).
+    """
+    n_gallery, n_queries = gallery_rows.shape
+    columns = np.repeat(np.arange(n_queries), np.diff(offsets))
+    best, best_index = _best_positives(gallery_rows[flat, columns].astype(dtype), flat, offsets, 0)
+    rows = max(1, min(_LANE_LIMIT, _CHUNK_ELEMENTS // max(1, n_queries)))
+    mask = np.empty((rows, n_queries), dtype=bool)
+    above = np.zeros(n_queries, dtype=np.int64)
+    equal = np.zeros(n_queries, dtype=np.int64)
+    for start in range(0, n_gallery, rows):
+        stop = min(start + rows, n_gallery)
+        chunk, m = np.asarray(gallery_rows[start:stop], dtype=dtype), mask[: stop - start]
+        np.greater(chunk, best, out=m)
+        above += m.view(np.uint8).sum(axis=0, dtype=np.uint8)
+        np.equal(chunk, best, out=m)
+        equal += m.view(np.uint8).sum(axis=0, dtype=np.uint8)
+    ranks = above + 1
+    for q in np.flatnonzero(equal > 1):
+        ranks[q] += np.count_nonzero(gallery_rows[: best_index[q], q].astype(dtype) == best[q])
+    return ranks
+
+
 def _score_dtype(dtype: np.dtype) -> np.dtype:
     """float32 scores stay float32 (float16 is widened exactly); float64 and integers compare in float64."""
     return np.result_type(dtype, np.float32)
@@ -104,7 +135,11 @@ def _blocks(n_queries: int, n_gallery: int) -> Iterator[tuple[int, int]]:
 
 
 def ranks_from_similarity(similarity: np.ndarray, positives: Sequence[Iterable[int]]) -> np.ndarray:
-    """1-based rank of each query's best positive; similarity is (Q, G)."""
+    """1-based rank of each query's best positive; similarity is (Q, G).
+
+    A transposed view (`S.T`, e.g. image->text from a text->image matrix) is ranked in place,
+    as fast as `S` itself; memory beyond the input stays bounded.
+    """
     similarity = np.asarray(similarity)
     if similarity.ndim != 2:
         raise InvalidArgumentError("similarity", f"shape {similarity.shape}", "a 2-D (queries, gallery) array")
@@ -112,6 +147,8 @@ def ranks_from_similarity(similarity: np.ndarray, positives: Sequence[Iterable[i
         raise InvalidArgumentError("positives", f"{len(positives)} entries", f"one per query ({similarity.shape[0]})")
     flat, offsets = _positives_csr(positives, similarity.shape[1])
     dtype = _score_dtype(similarity.dtype)
+    if similarity.flags.f_contiguous and not similarity.flags.c_contiguous:  # e.g. S.T of a C-ordered S
+        return _column_ranks(similarity.T, flat, offsets, dtype)
     counter = _RankCounter(similarity.shape[1])
     out = np.empty(similarity.shape[0], dtype=np.int64)
     for start, stop in _blocks(*similarity.shape):

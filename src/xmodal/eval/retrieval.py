@@ -14,13 +14,22 @@ from xmodal.errors import InvalidArgumentError
 from xmodal.eval.cache import EmbeddingCache
 from xmodal.eval.datasets.base import RetrievalDataset
 from xmodal.eval.embedding import DEFAULT_FRAMES, embed_items, embed_texts
-from xmodal.eval.metrics import DEFAULT_KS, chance_recall, metrics_from_ranks, ranks_from_embeddings
+from xmodal.eval.metrics import (
+    DEFAULT_KS,
+    chance_recall,
+    metrics_from_ranks,
+    ranks_from_embeddings,
+    ranks_from_similarity,
+)
 from xmodal.models.encoder import Encoder
 from xmodal.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
 
 CURVE_MAX_K = 50
+# Up to this size (COCO 5k: 25k x 5k x 4 B = 500 MB) the similarity matrix is computed once for both
+# directions; larger problems rank each direction from embeddings in bounded blocks instead.
+SIMILARITY_BUDGET_BYTES = 1 << 30
 DIRECTIONS = {"t2i": "Text→Image", "i2t": "Image→Text", "t2v": "Text→Video", "v2t": "Video→Text"}
 _BY_KIND = {"image": ("t2i", "i2t"), "video": ("t2v", "v2t")}
 
@@ -101,7 +110,7 @@ def evaluate_retrieval(
     item_vectors = items.vectors[keep]
     texts = embed_texts(encoder, evaluated.texts, language=dataset.language, cache=cache, progress=progress)
     texts_done = time.perf_counter()
-    results = [_direction(d, item_vectors, texts.vectors, evaluated, ks) for d in chosen]
+    results = _rank(chosen, item_vectors, texts.vectors, evaluated, ks)
     finished = time.perf_counter()
     return RetrievalResult(
         model=encoder.name,
@@ -128,26 +137,40 @@ def evaluate_retrieval(
     )
 
 
-def _direction(
-    direction: str, item_vectors: np.ndarray, text_vectors: np.ndarray, dataset: RetrievalDataset, ks: Sequence[int]
-) -> DirectionResult:
-    """Text queries over the item gallery, or captioned items over the caption gallery."""
-    if direction in ("t2i", "t2v"):
-        queries, gallery, positives = text_vectors, item_vectors, dataset.text_positives
-    else:
-        captioned = [(i, p) for i, p in enumerate(dataset.item_positives) if p]
-        queries = item_vectors[[i for i, _ in captioned]]
-        gallery, positives = text_vectors, [p for _, p in captioned]
-    if len(queries) == 0:
-        raise InvalidArgumentError("dataset", dataset.name, f"at least one query for {DIRECTIONS[direction]}")
-    ranks = ranks_from_embeddings(queries, gallery, positives)
-    counts = np.fromiter(map(len, positives), dtype=np.int64, count=len(positives))
-    return DirectionResult(
-        direction=direction,
-        metrics=metrics_from_ranks(ranks, ks),
-        ranks=ranks,
-        queries=len(queries),
-        gallery=len(gallery),
-        chance=chance_recall(len(gallery), counts, ks),
-        chance_curve=np.array(list(chance_recall(len(gallery), counts, range(1, CURVE_MAX_K + 1)).values())),
-    )
+def _rank(
+    directions: Sequence[str], item_vectors: np.ndarray, text_vectors: np.ndarray, dataset: RetrievalDataset, ks: Sequence[int]
+) -> list[DirectionResult]:
+    """Both directions from one text x item similarity matrix when it fits the memory budget (one
+    matmul; image->text reads it column-wise), else each direction from embeddings in blocks."""
+    text_positives = dataset.text_positives
+    by_item = dataset.item_positives  # computed once: it is derived from all captions
+    captioned = [i for i, p in enumerate(by_item) if p]
+    item_positives = [by_item[i] for i in captioned]
+    shared = len(text_vectors) * len(item_vectors) * 4 <= SIMILARITY_BUDGET_BYTES
+    similarity = text_vectors @ item_vectors.T if shared else None
+    results = []
+    for direction in directions:
+        if direction in ("t2i", "t2v"):
+            queries, gallery, positives = len(text_vectors), len(item_vectors), text_positives
+            ranks = (ranks_from_similarity(similarity, positives) if shared
+                     else ranks_from_embeddings(text_vectors, item_vectors, positives))
+        else:
+            queries, gallery, positives = len(captioned), len(text_vectors), item_positives
+            if not captioned:
+                raise InvalidArgumentError("dataset", dataset.name, f"at least one captioned item for {DIRECTIONS[direction]}")
+            if shared:
+                columns = similarity if len(captioned) == len(item_vectors) else similarity[:, captioned]
+                ranks = ranks_from_similarity(columns.T, positives)
+            else:
+                ranks = ranks_from_embeddings(item_vectors[captioned], text_vectors, positives)
+        counts = np.fromiter(map(len, positives), dtype=np.int64, count=len(positives))
+        results.append(DirectionResult(
+            direction=direction,
+            metrics=metrics_from_ranks(ranks, ks),
+            ranks=ranks,
+            queries=queries,
+            gallery=gallery,
+            chance=chance_recall(gallery, counts, ks),
+            chance_curve=np.array(list(chance_recall(gallery, counts, range(1, CURVE_MAX_K + 1)).values())),
+        ))
+    return results

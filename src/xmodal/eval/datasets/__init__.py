@@ -21,6 +21,7 @@ from xmodal.eval.datasets.captions import (
 )
 from xmodal.eval.datasets.cnclip import read_cn_clip
 from xmodal.eval.datasets.msvd import DESCRIPTIONS, read_msvd
+from xmodal.eval.datasets.parsed import load_parsed, store_parsed
 
 Reader = Callable[[Path, ReadOptions], RetrievalDataset]
 
@@ -77,15 +78,27 @@ def detect_format(path: Path) -> str:
     raise DatasetFormatError(path, f"cannot tell the dataset format from its name; write FORMAT:PATH with FORMAT one of {', '.join(READERS)}")
 
 
-def read_dataset(spec: str | os.PathLike, options: ReadOptions | None = None) -> RetrievalDataset:
-    """Read `FORMAT:PATH` (or a bare path, format guessed) into a RetrievalDataset."""
+def read_dataset(
+    spec: str | os.PathLike, options: ReadOptions | None = None, *, parsed_cache: Path | None = None
+) -> RetrievalDataset:
+    """Read `FORMAT:PATH` (or a bare path, format guessed) into a RetrievalDataset.
+
+    With `parsed_cache` (a folder), a split parsed before from an unchanged annotation file is
+    loaded from there instead of parsing the file again.
+    """
     options = options or ReadOptions()
     if options.limit is not None and options.limit < 1:
         raise InvalidArgumentError("limit", options.limit, "an integer >= 1")
     fmt, path = parse_dataset_spec(str(spec))
     if not path.exists():
         raise DatasetFormatError(path, "no such file or folder")
-    dataset = READERS[fmt or detect_format(path)](path, options)
+    fmt = fmt or detect_format(path)
+    stored = parsed_cache is not None and path.is_file()
+    dataset = load_parsed(parsed_cache, fmt, path, options) if stored else None
+    if dataset is None:
+        dataset = READERS[fmt](path, options)
+        if stored:
+            store_parsed(parsed_cache, fmt, path, options, dataset)
     if not dataset.items:
         raise DatasetFormatError(path, f"no usable items ({len(dataset.missing)} missing files, {len(dataset.problems)} malformed records)")
     return dataset

@@ -52,7 +52,9 @@ class RetrievalDataset:
 
     @property
     def item_positives(self) -> list[list[int]]:
-        """Item index -> indices of its captions (empty for items that only act as distractors)."""
+        """Item index -> indices of its captions (empty for items that only act as distractors).
+
+        Derived from text_positives on every access: keep the result when using it repeatedly."""
         out: list[list[int]] = [[] for _ in self.items]
         for t, items in enumerate(self.text_positives):
             for i in items:
