@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
 from xmodal.cli.console import console, err_console, progress_bar
 from xmodal.errors import XmodalError
+
+if TYPE_CHECKING:
+    from xmodal.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,25 @@ def _error(what: str, exc: XmodalError) -> None:
     err_console.print(f"[bold red]error:[/] {escape(what)}: {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
+def _say(text: str) -> None:
+    """Plain text to stdout: tables stay copy-pasteable (no markup, no wrapping)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _each_model(models: list[str], precision: str, job: Callable[[Encoder], list]) -> tuple[list, bool]:
+    """Run `job` with every model; a model that fails is reported and the others still run."""
+    from xmodal import load_model
+
+    results, failed = [], False
+    for name in models:
+        try:
+            results += job(load_model(name, precision=precision))
+        except XmodalError as exc:
+            _error(name, exc)
+            failed = True
+    return results, failed
+
+
 def evaluate(
     model: list[str] = typer.Option(..., "--model", "-m", help="Model name or folder; repeat to compare models."),
     dataset: list[str] = typer.Option(
@@ -65,7 +88,6 @@ def evaluate(
     """Retrieval benchmark: R@1/5/10, MedR, MnR and MR of each model on each dataset, both directions."""
     from dataclasses import replace
 
-    from xmodal import load_model
     from xmodal.eval import report
     from xmodal.eval.datasets import ReadOptions, read_dataset
     from xmodal.eval.plots import plot_recall_curves
@@ -76,7 +98,7 @@ def evaluate(
     options = ReadOptions(split=None if split == "all" else split, limit=limit, media_root=images, strict=strict)
     wanted = [d.strip() for d in directions.split(",") if d.strip()] if directions else None
     failed = False
-    datasets, results = [], []
+    datasets = []
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
         for spec in dataset:
             try:
@@ -86,29 +108,24 @@ def evaluate(
                 failed = True
                 continue
             datasets.append(replace(data, language=language or data.language))
-        for name in model:
-            try:
-                encoder = load_model(name, precision=precision)
-                for data in datasets:
-                    results.append(evaluate_retrieval(
-                        encoder, data, directions=wanted, cache=cache, progress=progress, frames=frames, batch_size=batch_size,
-                    ))
-            except XmodalError as exc:
-                _error(name, exc)
-                failed = True
+        results, model_failed = _each_model(model, precision, lambda encoder: [
+            evaluate_retrieval(encoder, data, directions=wanted, cache=cache, progress=progress, frames=frames, batch_size=batch_size)
+            for data in datasets
+        ])
+    failed = failed or model_failed
     if results:
         unit = "percent" if percent else "fraction"
         folder = _out_dir(out, "xmodal-eval")
         table = report.markdown_table(results, unit)
-        console.print(table, markup=False, highlight=False, soft_wrap=True)
+        _say(table)
         for line in report.summary_lines(results):
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
+            _say(line)
         (folder / "results.md").write_text(table + "\n\n" + "\n".join(f"- {line}" for line in report.summary_lines(results)) + "\n")
         report.write_csv(results, folder / "results.csv", unit)
         report.write_json(results, folder / "results.json")
         report.write_ranks(results, folder / "ranks.npz")
         plot_recall_curves(results, folder)
-        console.print(f"results written to {folder}/ (results.md, results.csv, results.json, ranks.npz, recall_at_k_*.png)", markup=False, soft_wrap=True)
+        _say(f"results written to {folder}/ (results.md, results.csv, results.json, ranks.npz, recall_at_k_*.png)")
     if failed or not results:
         raise typer.Exit(1)
 
@@ -130,7 +147,6 @@ def zeroshot(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Zero-shot classification: top-1, top-5, mean per-class recall, per-class table, confusion matrix."""
-    from xmodal import load_model
     from xmodal.eval import report
     from xmodal.eval.datasets.classification import read_classification
     from xmodal.eval.plots import plot_confusion_matrix, safe_name
@@ -138,35 +154,30 @@ def zeroshot(
 
     prompts = load_templates(templates)
     data = read_classification(dataset, classnames=classnames, limit=limit, strict=strict)
-    results, failed = [], False
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
-        for name in model:
-            try:
-                encoder = load_model(name, precision=precision)
-                results.append(evaluate_zeroshot(encoder, data, prompts, language=language, cache=cache, progress=progress, batch_size=batch_size))
-            except XmodalError as exc:
-                _error(name, exc)
-                failed = True
+        results, failed = _each_model(model, precision, lambda encoder: [
+            evaluate_zeroshot(encoder, data, prompts, language=language, cache=cache, progress=progress, batch_size=batch_size)
+        ])
     if results:
         unit = "percent" if percent else "fraction"
         folder = _out_dir(out, "xmodal-zeroshot")
         summary = report.zeroshot_markdown(results, unit)
-        console.print(summary, markup=False, highlight=False, soft_wrap=True)
+        _say(summary)
         sections = [summary]
         for r in results:
             worst = None if len(r.classnames) <= 25 else 10
             title = f"\n{r.model}: per-class" + (f" (the {worst} lowest top-1 of {len(r.classnames)}; all in per_class CSV)" if worst else "")
             table = report.per_class_markdown(r, unit, worst)
-            console.print(title, markup=False, highlight=False, soft_wrap=True)
-            console.print(table, markup=False, highlight=False, soft_wrap=True)
+            _say(title)
+            _say(table)
             sections += [title, table]
             stem = safe_name(r.model)
             report.write_per_class_csv(r, folder / f"per_class_{stem}.csv")
             plot_confusion_matrix(r.confusion, r.classnames, folder / f"confusion_{stem}.png", f"{r.model} on {r.dataset}: top-1 {r.top1:.3f}")
         skipped = f"{len(data.missing)} missing files, {len(data.problems)} malformed lines"
-        console.print(f"{data.name}: {len(data.items)} images, {len(data.classnames)} classes; skipped: {skipped}", markup=False)
+        _say(f"{data.name}: {len(data.items)} images, {len(data.classnames)} classes; skipped: {skipped}")
         (folder / "results.md").write_text("\n".join(sections) + "\n")
         report.write_zeroshot_json(results, folder / "results.json")
-        console.print(f"results written to {folder}/", markup=False)
+        _say(f"results written to {folder}/")
     if failed or not results:
         raise typer.Exit(1)

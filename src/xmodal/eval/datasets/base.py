@@ -201,6 +201,17 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.rstrip("\r\n")
 
 
+def json_lines(path: Path, builder: DatasetBuilder) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of a JSONL file; blank lines skipped, invalid JSON reported."""
+    for line, raw in text_lines(path):
+        if not raw.strip():
+            continue
+        try:
+            yield line, json.loads(raw)
+        except json.JSONDecodeError as exc:
+            builder.problem(path, f"invalid JSON: {exc.msg}", line)
+
+
 def find_media(roots: Sequence[Path], relative: Sequence[str | Path]) -> Path:
     """The first existing roots[i] / relative[j]; the first candidate if none exists (reported later)."""
     for root in roots:

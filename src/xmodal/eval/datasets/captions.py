@@ -5,7 +5,6 @@ JSONL / CSV a user writes for their own photos or videos."""
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from xmodal.eval.datasets.base import (
     ReadOptions,
     RetrievalDataset,
     find_media,
+    json_lines,
     load_json,
     require_split_match,
     split_file,
@@ -168,14 +168,7 @@ def read_jsonl(path: Path, options: ReadOptions) -> RetrievalDataset:
     builder = DatasetBuilder(path.stem, "jsonl", options)
     roots = _roots(path, options)
     seen, matched = set(), 0
-    for line, raw in text_lines(path):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            builder.problem(path, f"invalid JSON: {exc.msg}", line)
-            continue
+    for line, record in json_lines(path, builder):
         rel = record.get("path") if isinstance(record, dict) else None
         if not isinstance(rel, str) or not rel.strip():
             builder.problem(path, "expected an object with a 'path' string", line)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from pathlib import Path
 
 from xmodal.errors import DatasetFormatError
@@ -17,6 +16,7 @@ from xmodal.eval.datasets.base import (
     DatasetBuilder,
     ReadOptions,
     RetrievalDataset,
+    json_lines,
     split_file,
     text_lines,
 )
@@ -30,14 +30,7 @@ def read_cn_clip(path: Path, options: ReadOptions) -> RetrievalDataset:
     images_file = split_file(path, ["{split}_imgs.tsv"], options.split, "Chinese-CLIP images")
     builder = DatasetBuilder(path.name, "cn-clip", options, kind="image", language="zh")
     complete = _read_images(images_file, builder)
-    for line, raw in text_lines(texts_file):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            builder.problem(texts_file, f"invalid JSON: {exc.msg}", line)
-            continue
+    for line, record in json_lines(texts_file, builder):
         text = record.get("text") if isinstance(record, dict) else None
         image_ids = record.get("image_ids") if isinstance(record, dict) else None
         if not isinstance(text, str) or not text.strip():
