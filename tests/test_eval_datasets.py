@@ -276,21 +276,23 @@ def test_parsed_split_cache_skips_parsing_and_notices_changes(tmp_path):
     shutil.copytree(EVAL / "images", tmp_path / "images")
     (tmp_path / "k").mkdir()
     annotations = tmp_path / "k" / "dataset_tiny.json"
-    shutil.copy(EVAL / "karpathy" / "dataset_tiny.json", annotations)
+    data = json.loads((EVAL / "karpathy" / "dataset_tiny.json").read_text())
+    data["images"] = [i for i in data["images"] if i.get("filename") != "missing.jpg"]
+    annotations.write_text(json.dumps(data))
     store = tmp_path / "parsed"
     first = read_dataset(annotations, parsed_cache=store)
     assert len(list(store.glob("*.json"))) == 1
     again = read_dataset(annotations, parsed_cache=store)
     assert replace(again, problems=[]) == replace(first, problems=[])
     assert [str(p) for p in again.problems] == [str(p) for p in first.problems]
-    assert len(list(store.glob("*.json"))) == 1
-    (tmp_path / "images" / "d.png").unlink()  # a file vanished since the split was stored
+    (tmp_path / "images" / "d.png").rename(tmp_path / "d.png")  # a file vanished since the split was stored
     gone = read_dataset(annotations, parsed_cache=store)
-    assert gone.item_ids == ["images/a.jpg", "images/b.jpg"] and gone.missing == ["images/missing.jpg", "images/d.png"]
+    assert gone.item_ids == ["images/a.jpg", "images/b.jpg"] and gone.missing == ["images/d.png"]
     assert "a white square" not in gone.texts
-    data = json.loads(annotations.read_text())
     data["images"][0]["sentences"].append({"raw": "a new caption"})
-    annotations.write_text(json.dumps(data))  # changed file: parsed again, stored under a new key
+    annotations.write_text(json.dumps(data))  # a changed file is parsed again ...
     assert "a new caption" in read_dataset(annotations, parsed_cache=store).texts
+    assert len(list(store.glob("*.json"))) == 1  # ... but not stored while a file is missing
+    (tmp_path / "d.png").rename(tmp_path / "images" / "d.png")
+    assert read_dataset(annotations, parsed_cache=store).missing == []
     assert len(list(store.glob("*.json"))) == 2
-    assert read_dataset(annotations, ReadOptions(split="train"), parsed_cache=store).item_ids == ["images/c.jpg"]

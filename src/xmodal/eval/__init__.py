@@ -10,7 +10,12 @@
 from xmodal.eval.cache import EmbeddingCache
 from xmodal.eval.datasets import ReadOptions, RetrievalDataset, read_dataset
 from xmodal.eval.datasets.classification import ClassificationDataset, read_classification
-from xmodal.eval.metrics import metrics_from_ranks, rank_metrics, ranks_from_embeddings, ranks_from_similarity
+from xmodal.eval.metrics import (
+    metrics_from_ranks,
+    rank_metrics,
+    ranks_from_embeddings,
+    ranks_from_similarity,
+)
 from xmodal.eval.retrieval import RetrievalResult, evaluate_retrieval
 from xmodal.eval.zeroshot import ZeroShotResult, evaluate_zeroshot, load_templates
 

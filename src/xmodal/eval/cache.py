@@ -9,6 +9,7 @@ batch: a run killed at any point (even kill -9) keeps every batch it finished.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -71,7 +72,7 @@ class EmbeddingCache:
         """
         out, fresh = [], []
         for path in paths:
-            key = str(Path(path).resolve())
+            key = os.path.abspath(path)
             stat = Path(path).stat()
             row = self.conn.execute("SELECT size, mtime_ns, content_hash FROM file_hashes WHERE path = ?", (key,)).fetchone()
             if row is not None and row[0] == stat.st_size and row[1] == stat.st_mtime_ns:

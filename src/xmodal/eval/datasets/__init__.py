@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from xmodal.errors import DatasetFormatError, InvalidArgumentError
@@ -24,6 +25,8 @@ from xmodal.eval.datasets.msvd import DESCRIPTIONS, read_msvd
 from xmodal.eval.datasets.parsed import load_parsed, store_parsed
 
 Reader = Callable[[Path, ReadOptions], RetrievalDataset]
+# Formats whose split is determined by one annotation file (its stat keys the parsed-split store).
+SINGLE_FILE_FORMATS = frozenset({"karpathy", "coco", "flickr", "jsonl", "csv"})
 
 READERS: dict[str, Reader] = {
     "karpathy": read_karpathy,
@@ -92,12 +95,15 @@ def read_dataset(
     fmt, path = parse_dataset_spec(str(spec))
     if not path.exists():
         raise DatasetFormatError(path, "no such file or folder")
+    path = path.absolute()  # items come out absolute, whatever the working directory
+    if options.media_root is not None:
+        options = replace(options, media_root=options.media_root.expanduser().absolute())
     fmt = fmt or detect_format(path)
-    stored = parsed_cache is not None and path.is_file()
+    stored = parsed_cache is not None and fmt in SINGLE_FILE_FORMATS and path.is_file()
     dataset = load_parsed(parsed_cache, fmt, path, options) if stored else None
     if dataset is None:
         dataset = READERS[fmt](path, options)
-        if stored:
+        if stored and not dataset.missing:  # a split with absent files is read again: they may appear
             store_parsed(parsed_cache, fmt, path, options, dataset)
     if not dataset.items:
         raise DatasetFormatError(path, f"no usable items ({len(dataset.missing)} missing files, {len(dataset.problems)} malformed records)")

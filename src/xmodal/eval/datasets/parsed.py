@@ -2,9 +2,9 @@
 
 Karpathy's `dataset_coco.json` is 140 MB for all 123k images; parsing it takes seconds, the test
 split it yields is 5,000 items. The split is stored as a small JSON file keyed by the reader, the
-annotation file's path, size and mtime, the read options and xmodal's version; on load, items
-whose files have disappeared since are moved to `missing`. Only file-based datasets whose items
-are files are stored (in-memory images, e.g. Chinese-CLIP's TSV, are read again).
+annotation file's (absolute) path, size and mtime, the read options and xmodal's version; on load,
+items whose files have disappeared since are moved to `missing`. Only single-file formats with
+every item present are stored (a split with absent files is parsed again, as they may appear).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def _key(fmt: str, file: Path, options: ReadOptions) -> str:
     stat = file.stat()
-    parts = [xmodal.__version__, fmt, str(file.resolve()), stat.st_size, stat.st_mtime_ns,
+    parts = [xmodal.__version__, fmt, str(file), stat.st_size, stat.st_mtime_ns,
              options.split, options.limit, str(options.media_root), options.strict]
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
 
