@@ -7,6 +7,7 @@ import os
 
 import typer
 
+from xmodal.cli import eval as eval_cli
 from xmodal.cli import models as models_cli
 from xmodal.cli.console import err_console
 from xmodal.errors import XmodalError
@@ -19,6 +20,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models_cli.app, name="models")
+app.command("eval")(eval_cli.evaluate)
+app.command("zeroshot")(eval_cli.zeroshot)
 
 
 @app.callback()

@@ -1,0 +1,176 @@
+"""Retrieval benchmark of one encoder on one dataset: text->item and item->text ranks and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import xmodal
+from xmodal.errors import InvalidArgumentError
+from xmodal.eval.cache import EmbeddingCache
+from xmodal.eval.datasets.base import RetrievalDataset
+from xmodal.eval.embedding import DEFAULT_FRAMES, embed_items, embed_texts
+from xmodal.eval.metrics import (
+    DEFAULT_KS,
+    chance_recall,
+    metrics_from_ranks,
+    ranks_from_embeddings,
+    ranks_from_similarity,
+)
+from xmodal.models.encoder import Encoder
+from xmodal.progress import NullProgress, Progress
+
+log = logging.getLogger(__name__)
+
+CURVE_MAX_K = 50
+# Up to this size (COCO 5k: 25k x 5k x 4 B = 500 MB) the similarity matrix is computed once for both
+# directions; larger problems rank each direction from embeddings in bounded blocks instead.
+SIMILARITY_BUDGET_BYTES = 1 << 30
+DIRECTIONS = {"t2i": "Text→Image", "i2t": "Image→Text", "t2v": "Text→Video", "v2t": "Video→Text"}
+_BY_KIND = {"image": ("t2i", "i2t"), "video": ("t2v", "v2t")}
+
+
+@dataclass
+class DirectionResult:
+    """Metrics of one direction, with every query's rank (1-based) and the chance level."""
+
+    direction: str
+    metrics: dict[str, float]
+    ranks: np.ndarray
+    queries: int
+    gallery: int
+    chance: dict[str, float]
+    chance_curve: np.ndarray  # expected R@K of a random ranking, K = 1..CURVE_MAX_K
+
+    @property
+    def label(self) -> str:
+        return DIRECTIONS[self.direction]
+
+
+@dataclass
+class RetrievalResult:
+    """One model on one dataset: per-direction results plus what was counted, skipped and timed."""
+
+    model: str
+    model_key: str
+    precision: str
+    dataset: str
+    format: str
+    split: str | None
+    kind: str
+    items: int
+    texts: int
+    directions: list[DirectionResult]
+    missing: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # item id -> reason it could not be embedded
+    malformed: list[str] = field(default_factory=list)
+    texts_dropped: int = 0
+    cached: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    xmodal_version: str = xmodal.__version__
+
+
+def directions_for(kind: str, wanted: Sequence[str] | None = None) -> list[str]:
+    """The directions that apply to a dataset kind, in the order asked (default: both)."""
+    valid = _BY_KIND[kind]
+    if wanted is None:
+        return list(valid)
+    unknown = [d for d in wanted if d not in DIRECTIONS]
+    if unknown:
+        raise InvalidArgumentError("direction", unknown[0], sorted(DIRECTIONS))
+    chosen = [d for d in wanted if d in valid]
+    if not chosen:
+        raise InvalidArgumentError("directions", ",".join(wanted), f"for a {kind} dataset: {', '.join(valid)}")
+    return chosen
+
+
+def evaluate_retrieval(
+    encoder: Encoder,
+    dataset: RetrievalDataset,
+    *,
+    directions: Sequence[str] | None = None,
+    cache: EmbeddingCache | None = None,
+    progress: Progress | None = None,
+    frames: int = DEFAULT_FRAMES,
+    batch_size: int = 32,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> RetrievalResult:
+    """Embed the dataset (through the cache), rank both ways, and compute R@K, MedR, MnR, MR."""
+    progress = progress or NullProgress()
+    chosen = directions_for(dataset.kind, directions)
+    started = time.perf_counter()
+    items = embed_items(encoder, dataset.items, dataset.kind, frames=frames, batch_size=batch_size, cache=cache, progress=progress)
+    items_done = time.perf_counter()
+    evaluated = dataset.without_items(items.failures)
+    keep = np.array([i for i in range(len(dataset.items)) if i not in items.failures], dtype=np.int64)
+    item_vectors = items.vectors[keep]
+    texts = embed_texts(encoder, evaluated.texts, language=dataset.language, cache=cache, progress=progress)
+    texts_done = time.perf_counter()
+    results = _rank(chosen, item_vectors, texts.vectors, evaluated, ks)
+    finished = time.perf_counter()
+    return RetrievalResult(
+        model=encoder.name,
+        model_key=encoder.model_key,
+        precision=encoder.precision,
+        dataset=dataset.name,
+        format=dataset.format,
+        split=dataset.split,
+        kind=dataset.kind,
+        items=len(evaluated.items),
+        texts=len(evaluated.texts),
+        directions=results,
+        missing=list(dataset.missing),
+        failed={dataset.item_ids[i]: reason for i, reason in sorted(items.failures.items())},
+        malformed=[str(p) for p in dataset.problems],
+        texts_dropped=evaluated.texts_dropped,
+        cached={"items": items.cached, "texts": texts.cached},
+        timings={
+            "embed_items_s": items_done - started,
+            "embed_texts_s": texts_done - items_done,
+            "ranking_s": finished - texts_done,
+            "wall_s": finished - started,
+        },
+    )
+
+
+def _rank(
+    directions: Sequence[str], item_vectors: np.ndarray, text_vectors: np.ndarray, dataset: RetrievalDataset, ks: Sequence[int]
+) -> list[DirectionResult]:
+    """Both directions from one text x item similarity matrix when it fits the memory budget (one
+    matmul; image->text reads it column-wise), else each direction from embeddings in blocks."""
+    text_positives = dataset.text_positives
+    by_item = dataset.item_positives  # computed once: it is derived from all captions
+    captioned = [i for i, p in enumerate(by_item) if p]
+    item_positives = [by_item[i] for i in captioned]
+    shared = len(text_vectors) * len(item_vectors) * 4 <= SIMILARITY_BUDGET_BYTES
+    similarity = text_vectors @ item_vectors.T if shared else None
+    results = []
+    for direction in directions:
+        if direction in ("t2i", "t2v"):
+            queries, gallery, positives = len(text_vectors), len(item_vectors), text_positives
+            ranks = (ranks_from_similarity(similarity, positives) if shared
+                     else ranks_from_embeddings(text_vectors, item_vectors, positives))
+        else:
+            queries, gallery, positives = len(captioned), len(text_vectors), item_positives
+            if not captioned:
+                raise InvalidArgumentError("dataset", dataset.name, f"at least one captioned item for {DIRECTIONS[direction]}")
+            if shared:
+                columns = similarity if len(captioned) == len(item_vectors) else similarity[:, captioned]
+                ranks = ranks_from_similarity(columns.T, positives)
+            else:
+                ranks = ranks_from_embeddings(item_vectors[captioned], text_vectors, positives)
+        counts = np.fromiter(map(len, positives), dtype=np.int64, count=len(positives))
+        results.append(DirectionResult(
+            direction=direction,
+            metrics=metrics_from_ranks(ranks, ks),
+            ranks=ranks,
+            queries=queries,
+            gallery=gallery,
+            chance=chance_recall(gallery, counts, ks),
+            chance_curve=np.array(list(chance_recall(gallery, counts, range(1, CURVE_MAX_K + 1)).values())),
+        ))
+    return results
