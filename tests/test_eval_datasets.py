@@ -26,7 +26,7 @@ def problems(dataset) -> list[tuple[str, int | None, str]]:
 
 
 def by_text(dataset) -> dict[str, list[str]]:
-    return {t: [dataset.item_ids[i] for i in pos] for t, pos in zip(dataset.texts, dataset.text_positives)}
+    return {t: [dataset.item_ids[i] for i in pos] for t, pos in zip(dataset.texts, dataset.text_positives, strict=True)}
 
 
 def test_karpathy_split_json():

@@ -134,7 +134,7 @@ def test_shared_similarity_and_blocked_paths_agree(clip_model_dir, monkeypatch):
     monkeypatch.setattr(retrieval, "SIMILARITY_BUDGET_BYTES", 0)
     blocked = evaluate_retrieval(encoder, dataset)
     assert [(d.queries, d.gallery) for d in shared.directions] == [(4, 4), (3, 4)]
-    for a, b in zip(shared.directions, blocked.directions):
+    for a, b in zip(shared.directions, blocked.directions, strict=True):
         assert a.ranks.tolist() == b.ranks.tolist() and a.metrics == b.metrics
 
 
@@ -161,7 +161,7 @@ def test_video_dataset_embeds_mean_of_frames(clip_model_dir, tmp_path):
     assert again.cached == {"items": 2, "texts": 3}
     assert [d.ranks.tolist() for d in again.directions] == [d.ranks.tolist() for d in result.directions]
     videos = embed_items(encoder, dataset.items, "video", frames=4).vectors
-    for path, vector in zip(dataset.items, videos):
+    for path, vector in zip(dataset.items, videos, strict=True):
         frames = encoder.embed_images(sample_frames(path, 4))
         np.testing.assert_allclose(vector, l2_normalize(frames.mean(axis=0)), rtol=0, atol=1e-6)
 

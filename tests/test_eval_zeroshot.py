@@ -52,7 +52,7 @@ def test_classifier_is_mean_of_normalized_prompt_embeddings(clip_model_dir):
     encoder = xmodal.load_model(clip_model_dir)
     templates = ["a photo of a {}.", "a drawing of a {c}.", "itap of my {}."]
     weights = class_embeddings(encoder, ["cat", "red square"], templates)
-    for row, name in zip(weights, ["cat", "red square"]):
+    for row, name in zip(weights, ["cat", "red square"], strict=True):
         prompts = encoder.embed_texts([t.replace("{c}", name).replace("{}", name) for t in templates])
         mean = prompts.mean(axis=0)
         np.testing.assert_allclose(row, mean / np.linalg.norm(mean), rtol=0, atol=1e-6)

@@ -31,7 +31,7 @@ def plot_recall_curves(results: Sequence[RetrievalResult], out_dir: Path, max_k:
         fig = Figure(figsize=(5.5 * len(directions), 4.2), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(directions), sharey=True))
         ks = np.arange(1, max_k + 1)
-        for ax, direction in zip(axes, directions):
+        for ax, direction in zip(axes, directions, strict=True):
             chance = None
             for r in runs:
                 for d in r.directions:

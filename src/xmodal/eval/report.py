@@ -96,7 +96,7 @@ def write_csv(results: Sequence[RetrievalResult], path: Path, unit: str = "fract
     with open(path, "w", newline="", encoding="utf-8") as fp:
         writer = csv.writer(fp)
         writer.writerow(header + extra)
-        for row, (r, d) in zip(rows, flat):
+        for row, (r, d) in zip(rows, flat, strict=True):
             writer.writerow(row + [
                 r.split or "", d.queries, d.gallery, r.items, r.texts, len(r.missing), len(r.failed),
                 r.precision, r.model_key, r.xmodal_version, f"{r.timings['wall_s']:.3f}",

@@ -71,7 +71,7 @@ class RetrievalDataset:
             if i not in drop:
                 new_index[i] = len(new_index)
         texts, positives = [], []
-        for text, items in zip(self.texts, self.text_positives):
+        for text, items in zip(self.texts, self.text_positives, strict=True):
             kept = [new_index[i] for i in items if i in new_index]
             if kept:
                 texts.append(text)
