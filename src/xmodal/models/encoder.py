@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
@@ -20,6 +19,7 @@ from xmodal.models.config import ModelConfig
 from xmodal.models.preprocess import ImagePreprocessor
 from xmodal.models.runtime import EncoderSession, create_session
 from xmodal.models.tokenizer import TextTokenizer, TokenBatch
+from xmodal.parallel import bounded_map
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class Encoder:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             indices: list[int] = []
             arrays: list[np.ndarray] = []
-            for i, result in _bounded_map(pool, prepare, range(len(items)), ahead=2 * batch_size):
+            for i, result in bounded_map(pool, prepare, range(len(items)), ahead=2 * batch_size):
                 if isinstance(result, MediaError):
                     _handle_error(on_error, i, items[i], result)
                     continue
@@ -228,14 +228,3 @@ def _handle_error(on_error: ErrorHandler, index: int, item: object, error: Media
         log.warning("skipped %s", error)
     else:
         on_error(index, item, error)
-
-
-def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, args: Iterable, ahead: int) -> Iterator:
-    """pool.map in order, but with at most `ahead` tasks in flight (bounded memory)."""
-    pending: deque = deque()
-    for arg in args:
-        pending.append(pool.submit(fn, arg))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
