@@ -83,9 +83,13 @@ def main() -> None:
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = model.get_image_features(pixel_values=torch.from_numpy(pixels)).pooler_output
             return torch.nn.functional.normalize(out.float(), dim=-1).numpy()
+
         return run
 
-    encoders = {"xmodal fp32 (onnxruntime)": xmodal.load_model(folder), "xmodal int8 (onnxruntime)": xmodal.load_model(folder, precision="int8")}
+    encoders = {
+        "xmodal fp32 (onnxruntime)": xmodal.load_model(folder),
+        "xmodal int8 (onnxruntime)": xmodal.load_model(folder, precision="int8"),
+    }
     try:
         import openvino  # noqa: F401
 
@@ -95,8 +99,10 @@ def main() -> None:
         print("openvino not installed: no bf16 rows (pip install 'xmodal[openvino]')")
 
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
-          f"ViT-B/32 image tower {gflop:.2f} GFLOP/image; torch threads {torch.get_num_threads()}")
+    print(
+        f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
+        f"ViT-B/32 image tower {gflop:.2f} GFLOP/image; torch threads {torch.get_num_threads()}"
+    )
     rows = []
     rng = np.random.default_rng(0)
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -109,13 +115,20 @@ def main() -> None:
         for name, (ips, out) in runs.items():
             kind = "bf16" if "bf16" in name else "fp32"
             row = {
-                "batch": batch, "runtime": name, "images_per_s": ips, "vs_torch_fp32": ips / base_ips,
+                "batch": batch,
+                "runtime": name,
+                "images_per_s": ips,
+                "vs_torch_fp32": ips / base_ips,
                 "cosine_vs_fp32": float(np.min(np.sum(out * ref, axis=1))),
-                "gflops": ips * gflop, "share_of_peak": ips * gflop / peak[kind], "peak_kind": kind,
+                "gflops": ips * gflop,
+                "share_of_peak": ips * gflop / peak[kind],
+                "peak_kind": kind,
             }
             rows.append(row)
-            print(f"batch {batch:3d}  {name:28s} {ips:7.1f} img/s  x{row['vs_torch_fp32']:.2f}  "
-                  f"cos {row['cosine_vs_fp32']:.6f}  {row['gflops']:6.0f} GFLOP/s = {100 * row['share_of_peak']:4.1f}% of {kind} peak")
+            print(
+                f"batch {batch:3d}  {name:28s} {ips:7.1f} img/s  x{row['vs_torch_fp32']:.2f}  "
+                f"cos {row['cosine_vs_fp32']:.6f}  {row['gflops']:6.0f} GFLOP/s = {100 * row['share_of_peak']:4.1f}% of {kind} peak"
+            )
     if args.json:
         args.json.write_text(json.dumps({"peak_gflops": peak, "gflop_per_image": gflop, "rows": rows}, indent=2))
 

@@ -34,7 +34,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 N_TEST, N_TOTAL, PER_IMAGE = 5000, 123_287, 5
-WORDS = ["a", "man", "woman", "dog", "cat", "red", "blue", "small", "large", "sitting", "standing", "on", "in", "with", "near", "the", "of", "and", "plate", "street", "table"]
+WORDS = [
+    "a",
+    "man",
+    "woman",
+    "dog",
+    "cat",
+    "red",
+    "blue",
+    "small",
+    "large",
+    "sitting",
+    "standing",
+    "on",
+    "in",
+    "with",
+    "near",
+    "the",
+    "of",
+    "and",
+    "plate",
+    "street",
+    "table",
+]
 
 
 def make_images(folder: Path, rng: np.random.Generator) -> None:
@@ -59,9 +81,20 @@ def make_annotations(path: Path, rng: np.random.Generator) -> None:
         sentences = []
         for k in range(PER_IMAGE):
             tokens = [WORDS[j] for j in rng.integers(0, len(WORDS), 10)]
-            sentences.append({"tokens": tokens, "raw": " ".join(tokens).capitalize() + ".", "imgid": i, "sentid": PER_IMAGE * i + k})
-        images.append({"filepath": "val2014", "sentids": list(range(PER_IMAGE * i, PER_IMAGE * i + PER_IMAGE)),
-                       "filename": f"COCO_val2014_{i:012d}.jpg", "imgid": i, "split": split, "sentences": sentences, "cocoid": i})
+            sentences.append(
+                {"tokens": tokens, "raw": " ".join(tokens).capitalize() + ".", "imgid": i, "sentid": PER_IMAGE * i + k}
+            )
+        images.append(
+            {
+                "filepath": "val2014",
+                "sentids": list(range(PER_IMAGE * i, PER_IMAGE * i + PER_IMAGE)),
+                "filename": f"COCO_val2014_{i:012d}.jpg",
+                "imgid": i,
+                "split": split,
+                "sentences": sentences,
+                "cocoid": i,
+            }
+        )
     path.write_text(json.dumps({"images": images, "dataset": "coco"}))
 
 
@@ -77,17 +110,22 @@ def make_model(folder: Path) -> None:
     torch.manual_seed(0)
     config = CLIPConfig(
         text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
-        vision_config=tiny_vision(), projection_dim=512,
+        vision_config=tiny_vision(),
+        projection_dim=512,
     )
     CLIPModel(config).eval().save_pretrained(str(checkpoint))
     clip_tokenizer(checkpoint / "_vocab").save_pretrained(str(checkpoint))
-    CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(str(checkpoint))
+    CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(
+        str(checkpoint)
+    )
     export_hf_checkpoint(checkpoint, folder)
 
 
 def run_cli(args: list[str], env: dict) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "xmodal", "eval", "-q", *args], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "xmodal", "eval", "-q", *args], env=env, check=True, stdout=subprocess.DEVNULL
+    )
     return time.perf_counter() - start
 
 
@@ -149,17 +187,30 @@ def main() -> None:
     if not model.exists():
         make_model(model)
     size = sum(p.stat().st_size for p in (work / "val2014").iterdir())
-    print(f"data ready in {time.perf_counter() - start:.0f} s: {N_TEST} JPEGs ({size / 1e6:.0f} MB), "
-          f"{annotations.stat().st_size / 1e6:.0f} MB annotations, 512-d model")
+    print(
+        f"data ready in {time.perf_counter() - start:.0f} s: {N_TEST} JPEGs ({size / 1e6:.0f} MB), "
+        f"{annotations.stat().st_size / 1e6:.0f} MB annotations, 512-d model"
+    )
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     cache_file = work / "cache.sqlite"
-    args_cli = ["-m", str(model), "-d", f"karpathy:{annotations}", "--cache", str(cache_file), "--out", str(work / "out")]
+    args_cli = [
+        "-m",
+        str(model),
+        "-d",
+        f"karpathy:{annotations}",
+        "--cache",
+        str(cache_file),
+        "--out",
+        str(work / "out"),
+    ]
     first = run_cli(args_cli, env)
     print(f"first run (fills the cache if empty): {first:.1f} s")
     runs = [run_cli(args_cli, env) for _ in range(args.repeats)]
-    print(f"`xmodal eval` on cached embeddings, whole command: median {statistics.median(runs):.2f} s "
-          f"(runs: {', '.join(f'{r:.2f}' for r in runs)})")
+    print(
+        f"`xmodal eval` on cached embeddings, whole command: median {statistics.median(runs):.2f} s "
+        f"(runs: {', '.join(f'{r:.2f}' for r in runs)})"
+    )
     for stage, seconds in breakdown(model, annotations, cache_file, work / "out-inproc").items():
         print(f"  {stage:<58} {seconds:6.2f} s")
 

@@ -37,7 +37,9 @@ def coco_like(n_images: int = 5000, per_image: int = 5, dim: int = 512, seed: in
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((n_images, dim), dtype=np.float32)
     images /= np.linalg.norm(images, axis=1, keepdims=True)
-    texts = np.repeat(images, per_image, axis=0) + 0.4 * rng.standard_normal((n_images * per_image, dim), dtype=np.float32)
+    texts = np.repeat(images, per_image, axis=0) + 0.4 * rng.standard_normal(
+        (n_images * per_image, dim), dtype=np.float32
+    )
     texts /= np.linalg.norm(texts, axis=1, keepdims=True)
     t2i_positives = np.arange(n_images * per_image) // per_image
     i2t_positives = np.arange(n_images * per_image).reshape(n_images, per_image)
@@ -112,15 +114,24 @@ def main() -> None:
         median = {k: statistics.median(v) for k, v in times.items()}
         median["argsort_estimate"] = argsort_seconds(sim)
         r1 = float(np.mean(ranks <= 1))
-        report[name] = {"shape": list(sim.shape), "R@1": r1, "tied_queries": tied, "seconds": median,
-                        "ratio_to_plain": {k: v / median["plain"] for k, v in median.items()}}
-        print(f"{name}: {sim.shape[0]:,} queries x {sim.shape[1]:,} gallery (R@1 {r1:.3f}, {tied} queries with exact ties), median of {args.repeats}")
-        for key, label in [("plain", "one numpy pass (count above best positive)"),
-                           ("tuned", "one tuned pass (xmodal's chunking, no tie break)"),
-                           ("xmodal", "xmodal ranks_from_similarity (exact, ties)"),
-                           ("xmodal_view", "xmodal ranks_from_similarity on the S.T view"),
-                           ("xmodal_embeddings", "xmodal ranks_from_embeddings (incl. matmul)"),
-                           ("argsort_estimate", "full stable argsort (estimated from 500 rows)")]:
+        report[name] = {
+            "shape": list(sim.shape),
+            "R@1": r1,
+            "tied_queries": tied,
+            "seconds": median,
+            "ratio_to_plain": {k: v / median["plain"] for k, v in median.items()},
+        }
+        print(
+            f"{name}: {sim.shape[0]:,} queries x {sim.shape[1]:,} gallery (R@1 {r1:.3f}, {tied} queries with exact ties), median of {args.repeats}"
+        )
+        for key, label in [
+            ("plain", "one numpy pass (count above best positive)"),
+            ("tuned", "one tuned pass (xmodal's chunking, no tie break)"),
+            ("xmodal", "xmodal ranks_from_similarity (exact, ties)"),
+            ("xmodal_view", "xmodal ranks_from_similarity on the S.T view"),
+            ("xmodal_embeddings", "xmodal ranks_from_embeddings (incl. matmul)"),
+            ("argsort_estimate", "full stable argsort (estimated from 500 rows)"),
+        ]:
             if key in median:
                 print(f"  {label:<50} {1000 * median[key]:9.1f} ms  {median[key] / median['plain']:6.2f}x")
     if args.json:

@@ -14,7 +14,9 @@ REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable character table (public algorithm)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -50,9 +52,13 @@ def clip_tokenizer(folder: Path):
 
 
 SIGLIP_CORPUS = [
-    "a photo of a dog", "two cats on a red sofa", "a small red circle at the top left",
-    "the quick brown fox jumps over the lazy dog", "a blue square moves to the right",
-    "people walking on a beach at sunset", "a bowl of fruit on a wooden table",
+    "a photo of a dog",
+    "two cats on a red sofa",
+    "a small red circle at the top left",
+    "the quick brown fox jumps over the lazy dog",
+    "a blue square moves to the right",
+    "people walking on a beach at sunset",
+    "a bowl of fruit on a wooden table",
 ]
 
 
@@ -90,8 +96,14 @@ def bert_chinese_tokenizer(folder: Path):
 
 
 def tiny_vision(image_size: int = 64, patch: int = 16) -> dict:
-    return dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                image_size=image_size, patch_size=patch)
+    return dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch,
+    )
 
 
 def make_clip_checkpoint(folder: Path, *, full_geometry: bool = False, seed: int = 0) -> Path:
@@ -105,13 +117,16 @@ def make_clip_checkpoint(folder: Path, *, full_geometry: bool = False, seed: int
     else:
         config = CLIPConfig(
             text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
-            vision_config=tiny_vision(), projection_dim=32,
+            vision_config=tiny_vision(),
+            projection_dim=32,
         )
     model = CLIPModel(config).eval()
     model.save_pretrained(str(folder))
     clip_tokenizer(folder / "_vocab").save_pretrained(str(folder))
     size = config.vision_config.image_size
-    CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(str(folder))
+    CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
+        str(folder)
+    )
     return folder
 
 
@@ -122,8 +137,16 @@ def make_siglip_checkpoint(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = siglip_tokenizer(folder)
     config = SiglipConfig(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=len(tok), max_position_embeddings=16, pad_token_id=0, eos_token_id=1),
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=len(tok),
+            max_position_embeddings=16,
+            pad_token_id=0,
+            eos_token_id=1,
+        ),
         vision_config=tiny_vision(),
     )
     SiglipModel(config).eval().save_pretrained(str(folder))
@@ -138,10 +161,19 @@ def make_chinese_clip_checkpoint(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = bert_chinese_tokenizer(folder)
     config = ChineseCLIPConfig(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=len(tok), max_position_embeddings=64),
-        vision_config=tiny_vision(), projection_dim=32,
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=len(tok),
+            max_position_embeddings=64,
+        ),
+        vision_config=tiny_vision(),
+        projection_dim=32,
     )
     ChineseCLIPModel(config).eval().save_pretrained(str(folder))
-    ChineseCLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(str(folder))
+    ChineseCLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(
+        str(folder)
+    )
     return folder

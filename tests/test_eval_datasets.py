@@ -34,15 +34,21 @@ def test_karpathy_split_json():
     assert (d.name, d.format, d.split, d.kind) == ("tiny", "karpathy", "test", "image")
     assert d.item_ids == ["images/a.jpg", "images/b.jpg", "images/d.png"]
     assert d.items == [IMAGES / "a.jpg", IMAGES / "b.jpg", IMAGES / "d.png"]
-    assert by_text(d) == {"a red square": ["images/a.jpg"], "red": ["images/a.jpg"],
-                          "a green square": ["images/b.jpg"], "a white square": ["images/d.png"]}
+    assert by_text(d) == {
+        "a red square": ["images/a.jpg"],
+        "red": ["images/a.jpg"],
+        "a green square": ["images/b.jpg"],
+        "a white square": ["images/d.png"],
+    }
     assert d.item_positives == [[0, 1], [2], [3]]
     assert d.missing == ["images/missing.jpg"] and d.texts_dropped == 1
     assert [reason for _, _, reason in problems(d)] == [
         "images[1].sentences[1]: missing or empty 'raw' caption",
         "images[4]: expected an object with a 'filename'",
     ]
-    assert read_dataset(EVAL / "karpathy" / "dataset_tiny.json", ReadOptions(split="train")).item_ids == ["images/c.jpg"]
+    assert read_dataset(EVAL / "karpathy" / "dataset_tiny.json", ReadOptions(split="train")).item_ids == [
+        "images/c.jpg"
+    ]
     assert len(read_dataset(EVAL / "karpathy", ReadOptions(split=None)).items) == 4
     with pytest.raises(DatasetFormatError, match=r"no records in split 'val'; splits present: test, train"):
         read_dataset(EVAL / "karpathy" / "dataset_tiny.json", ReadOptions(split="val"))
@@ -59,7 +65,9 @@ def test_coco_captions_json():
         "annotations[4]: image_id 9 is not in images[]",
         "annotations[5]: missing or empty 'caption'",
     ]
-    with pytest.raises(DatasetFormatError, match=r"no COCO captions file for split 'val'; expected coco_val_karpathy.json"):
+    with pytest.raises(
+        DatasetFormatError, match=r"no COCO captions file for split 'val'; expected coco_val_karpathy.json"
+    ):
         read_dataset(f"coco:{EVAL / 'coco'}", ReadOptions(split="val"))
 
 
@@ -94,7 +102,10 @@ def test_generic_csv_with_split_column():
     d = read_dataset(f"csv:{EVAL / 'generic' / 'captions.csv'}")
     assert by_text(d) == {"red one": ["images/a.jpg"], "crimson": ["images/a.jpg"], "green one": ["images/b.jpg"]}
     assert problems(d) == [("captions.csv", 5, "2 fields, header has 4")]
-    assert read_dataset(f"csv:{EVAL / 'generic' / 'captions.csv'}", ReadOptions(split="train")).texts == ["blue one", "azure"]
+    assert read_dataset(f"csv:{EVAL / 'generic' / 'captions.csv'}", ReadOptions(split="train")).texts == [
+        "blue one",
+        "azure",
+    ]
     assert len(read_dataset(f"csv:{EVAL / 'generic' / 'captions.csv'}", ReadOptions(split=None)).items) == 3
 
 
@@ -105,7 +116,10 @@ def test_chinese_clip_base64_tsv():
     assert by_text(d) == {"红色方块": ["101"], "绿色方块": ["101", "102"], "白色": ["104"]}
     assert d.missing == ["999"] and d.texts_dropped == 1
     assert [(name, line) for name, line, _ in problems(d)] == [
-        ("test_imgs.tsv", 3), ("test_imgs.tsv", 5), ("test_texts.jsonl", 4), ("test_texts.jsonl", 5),
+        ("test_imgs.tsv", 3),
+        ("test_imgs.tsv", 5),
+        ("test_texts.jsonl", 4),
+        ("test_texts.jsonl", 5),
     ]
     assert "invalid base64" in d.problems[0].reason and "image_ids" in d.problems[2].reason
     first = read_dataset(f"cn-clip:{EVAL / 'cn-clip'}", ReadOptions(limit=1))
@@ -118,10 +132,16 @@ def test_msvd_folder():
     assert (d.format, d.kind, d.language) == ("msvd", "video", "en")
     assert d.item_ids == ["vid1_0_2", "vid2_3_5"]
     assert d.items == [EVAL / "msvd" / "YouTubeClips" / f"{v}.avi" for v in d.item_ids]
-    assert by_text(d) == {"a bright dot moves right": ["vid1_0_2"], "something moves": ["vid1_0_2"], "a square grows": ["vid2_3_5"]}
+    assert by_text(d) == {
+        "a bright dot moves right": ["vid1_0_2"],
+        "something moves": ["vid1_0_2"],
+        "a square grows": ["vid2_3_5"],
+    }
     assert d.missing == ["vid4_0_1"] and d.texts_dropped == 1
     assert problems(d) == [("AllVideoDescriptions.txt", 6, "expected `video_id caption`")]
-    with pytest.raises(DatasetFormatError, match=r"no MSVD split list file for split 'val'; expected val_list.txt or val.txt"):
+    with pytest.raises(
+        DatasetFormatError, match=r"no MSVD split list file for split 'val'; expected val_list.txt or val.txt"
+    ):
         read_dataset(EVAL / "msvd", ReadOptions(split="val"))
 
 
@@ -193,7 +213,11 @@ def test_classification_folder_csv_and_names(tmp_path):
     assert [p.name for p in folder.items] == ["b1.png", "g1.png", "g2.png", "r1.png", "r2.png"]  # notes.txt skipped
     assert folder.labels.tolist() == [0, 1, 1, 2, 2]
     named = read_classification(EVAL / "zeroshot" / "classes", classnames=EVAL / "zeroshot" / "classnames.json")
-    assert named.class_ids == ["red", "green", "blue"] and named.classnames == ["red square", "green square", "blue square"]
+    assert named.class_ids == ["red", "green", "blue"] and named.classnames == [
+        "red square",
+        "green square",
+        "blue square",
+    ]
     assert named.labels.tolist() == [2, 1, 1, 0, 0]
     table = read_classification(EVAL / "zeroshot" / "labels.csv")
     assert table.name == "zeroshot"

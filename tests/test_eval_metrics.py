@@ -56,10 +56,13 @@ def test_multiple_positives_use_the_best_rank():
     assert ranks_from_similarity(sim, [[3, 5]]).tolist() == [4]
     assert ranks_from_similarity(sim, [[5, 3]]).tolist() == [4]  # order of positives does not matter
     # Two queries, 5 positives each among 10 captions, hand-computed: best positives at ranks 2 and 6.
-    sim = np.array([
-        [0.1, 0.95, 0.3, 0.99, 0.2, 0.0, 0.05, 0.15, 0.25, 0.35],
-        [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0],
-    ], dtype=np.float32)
+    sim = np.array(
+        [
+            [0.1, 0.95, 0.3, 0.99, 0.2, 0.0, 0.05, 0.15, 0.25, 0.35],
+            [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0],
+        ],
+        dtype=np.float32,
+    )
     positives = [[1, 5, 6, 7, 8], [5, 6, 7, 8, 9]]
     assert ranks_from_similarity(sim, positives).tolist() == [2, 6]
     m = rank_metrics(sim, positives)
@@ -87,12 +90,18 @@ def test_matches_stable_argsort_reference_with_many_ties(monkeypatch, layout):
         q, g = int(rng.integers(1, 60)), int(rng.integers(1, 90))
         sim = rng.integers(0, 5, size=(q, g)) if trial % 2 else rng.standard_normal((q, g))
         sim = {
-            "c": sim.astype(np.float32), "fortran": np.asfortranarray(sim.astype(np.float32)),
-            "float64": sim.astype(np.float64), "float16": sim.astype(np.float16), "int": sim.astype(np.int64),
+            "c": sim.astype(np.float32),
+            "fortran": np.asfortranarray(sim.astype(np.float32)),
+            "float64": sim.astype(np.float64),
+            "float16": sim.astype(np.float16),
+            "int": sim.astype(np.int64),
             "transposed-float64": np.ascontiguousarray(sim.T, dtype=np.float64).T,  # S.T: ranked by columns
         }[layout]
         positives = [rng.choice(g, size=int(rng.integers(1, min(g, 6) + 1)), replace=False).tolist() for _ in range(q)]
-        assert ranks_from_similarity(sim, positives).tolist() == reference_ranks(np.asarray(sim, np.float64), positives).tolist()
+        assert (
+            ranks_from_similarity(sim, positives).tolist()
+            == reference_ranks(np.asarray(sim, np.float64), positives).tolist()
+        )
 
 
 def test_embeddings_path_equals_similarity_path(monkeypatch):
@@ -114,7 +123,10 @@ def test_positives_as_integer_arrays():
     five = np.stack([rng.choice(30, 5, replace=False) for _ in range(20)])
     assert ranks_from_similarity(sim, one).tolist() == ranks_from_similarity(sim, [[int(p)] for p in one]).tolist()
     assert ranks_from_similarity(sim, five).tolist() == reference_ranks(sim, five.tolist()).tolist()
-    assert ranks_from_similarity(sim, [set(map(int, p)) for p in five]).tolist() == reference_ranks(sim, five.tolist()).tolist()
+    assert (
+        ranks_from_similarity(sim, [set(map(int, p)) for p in five]).tolist()
+        == reference_ranks(sim, five.tolist()).tolist()
+    )
 
 
 def clip_benchmark_recall(scores: np.ndarray, positive_pairs: np.ndarray, k: int) -> float:
@@ -136,7 +148,9 @@ def test_equals_clip_benchmark_recall_at_k_with_five_captions_per_image():
     n_images, per_image, dim = 200, 5, 32
     images = rng.standard_normal((n_images, dim)).astype(np.float32)
     images /= np.linalg.norm(images, axis=1, keepdims=True)
-    texts = np.repeat(images, per_image, axis=0) + 1.5 * rng.standard_normal((n_images * per_image, dim)).astype(np.float32)
+    texts = np.repeat(images, per_image, axis=0) + 1.5 * rng.standard_normal((n_images * per_image, dim)).astype(
+        np.float32
+    )
     texts /= np.linalg.norm(texts, axis=1, keepdims=True)
     text_image = np.repeat(np.arange(n_images), per_image)
     scores = texts @ images.T  # (texts, images), as CLIP_benchmark computes it

@@ -44,8 +44,12 @@ def synth_karpathy(tmp_path_factory) -> Path:
         sentences = [{"raw": f"picture {i} seen in way {k}"} for k in range(5)]
         entries.append({"filepath": "imgs", "filename": f"{i:02d}.jpg", "split": "test", "sentences": sentences})
     (root / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    entries.append({"filepath": "imgs", "filename": "broken.jpg", "split": "test", "sentences": [{"raw": "a broken picture"}]})
-    entries.append({"filepath": "imgs", "filename": "absent.jpg", "split": "test", "sentences": [{"raw": "an absent picture"}]})
+    entries.append(
+        {"filepath": "imgs", "filename": "broken.jpg", "split": "test", "sentences": [{"raw": "a broken picture"}]}
+    )
+    entries.append(
+        {"filepath": "imgs", "filename": "absent.jpg", "split": "test", "sentences": [{"raw": "an absent picture"}]}
+    )
     entries.append({"filepath": "imgs", "filename": "00.jpg", "split": "train", "sentences": [{"raw": "train"}]})
     (root / "dataset_synth.json").write_text(json.dumps({"dataset": "synth", "images": entries}))
     return root / "dataset_synth.json"
@@ -76,9 +80,23 @@ def test_eval_cli_outputs_counts_and_cache_invariance(clip_model_dir, synth_karp
     off, _ = run_eval(*common, "--no-cache", "--out", str(tmp_path / "off"))
 
     r = cold["results"][0]
-    assert (r["model"], r["dataset"], r["split"], r["format"], r["precision"]) == ("tiny-clip", "synth", "test", "karpathy", "fp32")
-    assert r["counts"] == {"items": 24, "texts": 120, "missing": 1, "failed": 1, "malformed": 0, "texts_dropped": 2,
-                           "cached_items": 0, "cached_texts": 0}
+    assert (r["model"], r["dataset"], r["split"], r["format"], r["precision"]) == (
+        "tiny-clip",
+        "synth",
+        "test",
+        "karpathy",
+        "fp32",
+    )
+    assert r["counts"] == {
+        "items": 24,
+        "texts": 120,
+        "missing": 1,
+        "failed": 1,
+        "malformed": 0,
+        "texts_dropped": 2,
+        "cached_items": 0,
+        "cached_texts": 0,
+    }
     assert r["missing"] == ["imgs/absent.jpg"] and list(r["failed"]) == ["imgs/broken.jpg"]
     assert r["directions"]["t2i"]["queries"] == 120 and r["directions"]["t2i"]["gallery"] == 24
     assert r["directions"]["i2t"]["queries"] == 24 and r["directions"]["i2t"]["gallery"] == 120
@@ -89,7 +107,9 @@ def test_eval_cli_outputs_counts_and_cache_invariance(clip_model_dir, synth_karp
         assert other["results"][0]["directions"] == r["directions"]  # identical numbers, exactly
     ranks = {name: np.load(tmp_path / name / "ranks.npz") for name in ("cold", "warm", "off")}
     for key in ("tiny-clip/synth/t2i", "tiny-clip/synth/i2t"):
-        assert np.array_equal(ranks["cold"][key], ranks["warm"][key]) and np.array_equal(ranks["cold"][key], ranks["off"][key])
+        assert np.array_equal(ranks["cold"][key], ranks["warm"][key]) and np.array_equal(
+            ranks["cold"][key], ranks["off"][key]
+        )
         assert metrics_from_ranks(ranks["cold"][key]) == r["directions"][key[-3:]]["metrics"]
     with sqlite3.connect(cache) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -97,14 +117,23 @@ def test_eval_cli_outputs_counts_and_cache_invariance(clip_model_dir, synth_karp
 
     # The on-screen Markdown table (fractions, said in the header), and the CSV with the same numbers.
     header = "| Direction | Model | Dataset | R@1 (0-1) | R@5 (0-1) | R@10 (0-1) | MedR | MnR | MR (0-1) |"
-    assert header in screen and "| Text→Image | tiny-clip | synth |" in screen and "| Image→Text | tiny-clip | synth |" in screen
+    assert (
+        header in screen
+        and "| Text→Image | tiny-clip | synth |" in screen
+        and "| Image→Text | tiny-clip | synth |" in screen
+    )
     assert "1 missing files, 1 undecodable" in screen
     assert (tmp_path / "cold" / "results.md").read_text().startswith(header)
     rows = list(csv.DictReader((tmp_path / "cold" / "results.csv").read_text(encoding="utf-8").splitlines()))
     assert [row["Direction"] for row in rows] == ["Text→Image", "Image→Text"]
     t2i = r["directions"]["t2i"]["metrics"]
     assert rows[0]["R@1 (0-1)"] == f"{t2i['R@1']:.3f}" and rows[0]["MnR"] == f"{t2i['MnR']:.1f}"
-    assert (rows[0]["split"], rows[0]["queries"], rows[0]["precision"], rows[0]["xmodal_version"]) == ("test", "120", "fp32", xmodal.__version__)
+    assert (rows[0]["split"], rows[0]["queries"], rows[0]["precision"], rows[0]["xmodal_version"]) == (
+        "test",
+        "120",
+        "fp32",
+        xmodal.__version__,
+    )
     with Image.open(tmp_path / "cold" / "recall_at_k_synth.png") as png:
         assert png.format == "PNG" and png.size[0] > 600
 
@@ -140,11 +169,26 @@ def test_shared_similarity_and_blocked_paths_agree(clip_model_dir, monkeypatch):
 
 def test_percent_table_two_models_and_directions(clip_model_dir, siglip_model_dir, synth_karpathy, tmp_path):
     doc, screen = run_eval(
-        "-m", str(clip_model_dir), "-m", str(siglip_model_dir), "-d", f"karpathy:{synth_karpathy}",
-        "--directions", "i2t", "--percent", "--limit", "10", "--no-cache", "--out", str(tmp_path / "out"),
+        "-m",
+        str(clip_model_dir),
+        "-m",
+        str(siglip_model_dir),
+        "-d",
+        f"karpathy:{synth_karpathy}",
+        "--directions",
+        "i2t",
+        "--percent",
+        "--limit",
+        "10",
+        "--no-cache",
+        "--out",
+        str(tmp_path / "out"),
     )
     assert "| R@1 (%) | R@5 (%) | R@10 (%) | MedR | MnR | MR (%) |" in screen
-    assert [(r["model"], list(r["directions"])) for r in doc["results"]] == [("tiny-clip", ["i2t"]), ("tiny-siglip", ["i2t"])]
+    assert [(r["model"], list(r["directions"])) for r in doc["results"]] == [
+        ("tiny-clip", ["i2t"]),
+        ("tiny-siglip", ["i2t"]),
+    ]
     assert all(r["counts"]["items"] == 10 and r["counts"]["texts"] == 50 for r in doc["results"])
     r5 = doc["results"][1]["directions"]["i2t"]["metrics"]["R@5"]
     assert f"| {100 * r5:.1f} |" in screen.splitlines()[3]
@@ -218,8 +262,17 @@ with EmbeddingCache(sys.argv[2]) as cache:
 def test_cache_survives_kill_9_and_resumes(clip_model_dir, synth_karpathy, tmp_path):
     items = sorted(str(p) for p in (synth_karpathy.parent / "imgs").glob("[0-9]*.jpg"))
     cache_file = tmp_path / "cache.sqlite"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(xmodal.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", KILLER, str(clip_model_dir), str(cache_file), *items], env=env, capture_output=True, timeout=120, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(xmodal.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, str(clip_model_dir), str(cache_file), *items],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == -9, proc.stderr.decode()
     with sqlite3.connect(cache_file) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -234,9 +287,31 @@ def test_cache_survives_kill_9_and_resumes(clip_model_dir, synth_karpathy, tmp_p
 def test_cli_errors_are_one_line_and_other_work_goes_on(clip_model_dir, synth_karpathy, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(xmodal.__file__).parents[1])}
     proc = subprocess.run(
-        [sys.executable, "-m", "xmodal", "eval", "-q", "-m", str(clip_model_dir), "-m", str(tmp_path / "no-model"),
-         "-d", f"karpathy:{synth_karpathy}", "-d", f"coco:{tmp_path}", "--limit", "3", "--no-cache", "--out", str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "xmodal",
+            "eval",
+            "-q",
+            "-m",
+            str(clip_model_dir),
+            "-m",
+            str(tmp_path / "no-model"),
+            "-d",
+            f"karpathy:{synth_karpathy}",
+            "-d",
+            f"coco:{tmp_path}",
+            "--limit",
+            "3",
+            "--no-cache",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -249,12 +324,23 @@ def test_cli_errors_are_one_line_and_other_work_goes_on(clip_model_dir, synth_ka
     reason="needs the shipped tiny model xmodal-tiny-shapes and `xmodal datasets synth-shapes` (training issue)",
 )
 def test_tiny_shapes_model_is_far_above_chance(tmp_path):
-    made = runner.invoke(app, ["datasets", "synth-shapes", "--out", str(tmp_path / "shapes"), "--n", "200", "--seed", "0"])
+    made = runner.invoke(
+        app, ["datasets", "synth-shapes", "--out", str(tmp_path / "shapes"), "--n", "200", "--seed", "0"]
+    )
     assert made.exit_code == 0, made.output
     (annotations,) = (tmp_path / "shapes").rglob("dataset_*.json")
     splits = {image.get("split") for image in json.loads(annotations.read_text())["images"]}
     split = "test" if "test" in splits else "all"
-    args = ["-m", "xmodal-tiny-shapes", "-d", f"karpathy:{annotations}", "--split", split, "--cache", str(tmp_path / "c.sqlite")]
+    args = [
+        "-m",
+        "xmodal-tiny-shapes",
+        "-d",
+        f"karpathy:{annotations}",
+        "--split",
+        split,
+        "--cache",
+        str(tmp_path / "c.sqlite"),
+    ]
     first, _ = run_eval(*args, "--out", str(tmp_path / "a"))
     second, _ = run_eval(*args, "--no-cache", "--out", str(tmp_path / "b"))
     assert first["results"][0]["directions"] == second["results"][0]["directions"]

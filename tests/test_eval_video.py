@@ -76,8 +76,11 @@ def test_real_msvd_clips_decode_uniformly():
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             total, size = stream.frames, (stream.width, stream.height)
-            reference = [f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(stream))
-                         if i in {int((k + 0.5) * total / 8) for k in range(8)}]
+            reference = [
+                f.to_ndarray(format="rgb24")
+                for i, f in enumerate(container.decode(stream))
+                if i in {int((k + 0.5) * total / 8) for k in range(8)}
+            ]
         assert len(frames) == 8 and all(f.size == size for f in frames)
         assert all(np.array_equal(np.asarray(f), r) for f, r in zip(frames, reference, strict=True))
         assert len({np.asarray(f).tobytes() for f in frames}) > 1  # really different moments

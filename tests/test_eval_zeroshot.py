@@ -86,12 +86,30 @@ def test_evaluate_matches_direct_argmax_and_metric_definitions(clip_model_dir, t
 
 def test_zeroshot_cli_writes_tables_and_confusion_matrix(clip_model_dir, tmp_path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, [
-        "zeroshot", "-q", "-m", str(clip_model_dir), "-d", str(ZS / "labels.csv"), "--classnames", str(ZS / "classnames.json"),
-        "--templates", str(ZS / "templates.json"), "--cache", str(tmp_path / "c.sqlite"), "--out", str(out),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "zeroshot",
+            "-q",
+            "-m",
+            str(clip_model_dir),
+            "-d",
+            str(ZS / "labels.csv"),
+            "--classnames",
+            str(ZS / "classnames.json"),
+            "--templates",
+            str(ZS / "templates.json"),
+            "--cache",
+            str(tmp_path / "c.sqlite"),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert "| Model | Dataset | Top-1 (0-1) | Top-5 (0-1) | Mean per-class recall (0-1) | Images | Classes | Templates |" in result.output
+    assert (
+        "| Model | Dataset | Top-1 (0-1) | Top-5 (0-1) | Mean per-class recall (0-1) | Images | Classes | Templates |"
+        in result.output
+    )
     assert "| Class | Images | Top-1 (0-1) | Top-5 (0-1) | Most confused with |" in result.output
     assert "1 missing files, 1 malformed lines" in result.output
     doc = json.loads((out / "results.json").read_text())["results"][0]
@@ -99,7 +117,9 @@ def test_zeroshot_cli_writes_tables_and_confusion_matrix(clip_model_dir, tmp_pat
     assert doc["classnames"] == ["red square", "green square", "blue square"]
     assert np.array(doc["confusion"]).sum() == 3 and doc["top5"] == 1.0
     rows = list(csv.DictReader((out / "per_class_tiny-clip.csv").read_text(encoding="utf-8").splitlines()))
-    assert [r["class"] for r in rows] == ["red square", "green square", "blue square"] and all(r["images"] == "1" for r in rows)
+    assert [r["class"] for r in rows] == ["red square", "green square", "blue square"] and all(
+        r["images"] == "1" for r in rows
+    )
     assert float(doc["top1"]) == pytest.approx(np.mean([float(r["top1"]) for r in rows]))
     with Image.open(out / "confusion_tiny-clip.png") as png:
         assert png.format == "PNG"

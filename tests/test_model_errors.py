@@ -112,7 +112,9 @@ def test_decompression_bomb_limit_is_configurable(tmp_path):
     small = tmp_path / "two_mp.png"
     Image.new("RGB", (2000, 1000)).save(small)
     assert decode_image(small).width == 2000
-    with pytest.raises(ImageTooLargeError, match=r"2000x1000 = 2,000,000 pixels exceeds the limit of 1,000,000 \(max_pixels\)"):
+    with pytest.raises(
+        ImageTooLargeError, match=r"2000x1000 = 2,000,000 pixels exceeds the limit of 1,000,000 \(max_pixels\)"
+    ):
         decode_image(small, DecodeOptions(max_pixels=1_000_000))
 
 

@@ -72,7 +72,10 @@ def test_clip_small_matches_torch(clip_checkpoint, clip_model_dir):
 
     enc = xmodal.load_model(clip_model_dir)
     images = sample_images()
-    assert cosines(enc.embed_images(images), reference_images(clip_checkpoint, CLIPImageProcessorPil, images)).min() >= 0.9999
+    assert (
+        cosines(enc.embed_images(images), reference_images(clip_checkpoint, CLIPImageProcessorPil, images)).min()
+        >= 0.9999
+    )
     assert cosines(enc.embed_texts(TEXTS), reference_texts(clip_checkpoint, TEXTS, 77)).min() >= 0.9999
 
 
@@ -83,7 +86,10 @@ def test_siglip_squash_resize_and_own_tokenizer(siglip_checkpoint, siglip_model_
     assert enc.config.preprocess.resize_mode == "squash"
     assert enc.config.text.clean == "canonicalize" and enc.config.text.context_length == 16
     images = sample_images()
-    assert cosines(enc.embed_images(images), reference_images(siglip_checkpoint, SiglipImageProcessorPil, images)).min() >= 0.9999
+    assert (
+        cosines(enc.embed_images(images), reference_images(siglip_checkpoint, SiglipImageProcessorPil, images)).min()
+        >= 0.9999
+    )
     # Canonical text (lower case, no punctuation) so the reference needs no cleaning of its own.
     assert cosines(enc.embed_texts(TEXTS), reference_texts(siglip_checkpoint, TEXTS, 16)).min() >= 0.9999
 
@@ -97,7 +103,10 @@ def test_chinese_clip_uses_attention_mask(chinese_clip_checkpoint, chinese_clip_
     ref = reference_images(chinese_clip_checkpoint, ChineseCLIPImageProcessorPil, images)
     assert cosines(enc.embed_images(images), ref).min() >= 0.9999
     texts = ["一只狗在海滩上奔跑", "两只猫 on a red sofa", "我爱北京天安门!"]
-    assert cosines(enc.embed_texts(texts), reference_texts(chinese_clip_checkpoint, texts, 52, with_mask=True)).min() >= 0.9999
+    assert (
+        cosines(enc.embed_texts(texts), reference_texts(chinese_clip_checkpoint, texts, 52, with_mask=True)).min()
+        >= 0.9999
+    )
 
 
 def test_outputs_are_batched_and_deterministic(clip_model_dir):
@@ -116,7 +125,9 @@ def test_int8_export_is_close_to_fp32(clip_checkpoint, tmp_path):
     fp32 = xmodal.load_model(export_hf_checkpoint(clip_checkpoint, tmp_path / "fp32"))
     int8 = xmodal.load_model(export_hf_checkpoint(clip_checkpoint, tmp_path / "int8", int8=True))
     assert int8.config.raw["xmodal"]["precision"] == "int8"
-    assert (tmp_path / "int8" / "visual" / "model.onnx").stat().st_size < (tmp_path / "fp32" / "visual" / "model.onnx").stat().st_size
+    assert (tmp_path / "int8" / "visual" / "model.onnx").stat().st_size < (
+        tmp_path / "fp32" / "visual" / "model.onnx"
+    ).stat().st_size
     images = sample_images()
     assert cosines(int8.embed_images(images), fp32.embed_images(images)).min() >= 0.99
     assert cosines(int8.embed_texts(TEXTS), fp32.embed_texts(TEXTS)).min() >= 0.99
@@ -161,11 +172,15 @@ def test_batch_one_graphs_are_looped(clip_model_dir, tmp_path):
         model = onnx.load(str(path))
         dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
         out_dims = [d.dim_value or d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
-        model = update_model_dims.update_inputs_outputs_dims(model, {name: [1, *dims[1:]]}, {"embedding": [1, *out_dims[1:]]})
+        model = update_model_dims.update_inputs_outputs_dims(
+            model, {name: [1, *dims[1:]]}, {"embedding": [1, *out_dims[1:]]}
+        )
         onnx.save(model, str(path))
     fixed, dynamic = xmodal.load_model(folder), xmodal.load_model(clip_model_dir)
     images = sample_images()
-    np.testing.assert_allclose(fixed.embed_images(images, batch_size=4), dynamic.embed_images(images, batch_size=4), atol=1e-5)
+    np.testing.assert_allclose(
+        fixed.embed_images(images, batch_size=4), dynamic.embed_images(images, batch_size=4), atol=1e-5
+    )
     np.testing.assert_allclose(fixed.embed_texts(TEXTS), dynamic.embed_texts(TEXTS), atol=1e-5)
 
 

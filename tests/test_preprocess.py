@@ -30,7 +30,9 @@ def reference(processor, img: Image.Image) -> np.ndarray:
     return processor(images=[img], return_tensors="np")["pixel_values"][0]
 
 
-@pytest.mark.parametrize("size", [(224, 224), (37, 91), (301, 199), (640, 480), (480, 640), (1, 1), (3000, 20), (225, 224)])
+@pytest.mark.parametrize(
+    "size", [(224, 224), (37, 91), (301, 199), (640, 480), (480, 640), (1, 1), (3000, 20), (225, 224)]
+)
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_pixel_parity_with_transformers(size, kind):
     cfg, proc = (CLIP_CFG, CLIPImageProcessorPil()) if kind == "clip" else (SIGLIP_CFG, SiglipImageProcessorPil())

@@ -28,7 +28,12 @@ def _put_in_hub_cache(model_dir, name: str) -> None:
 
 def test_known_names_map_to_immich_repos():
     names = {m.name: m for m in known_models()}
-    for name in ["ViT-B-32__openai", "ViT-SO400M-16-SigLIP2-384__webli", "nllb-clip-large-siglip__v1", "XLM-Roberta-Large-Vit-B-16Plus"]:
+    for name in [
+        "ViT-B-32__openai",
+        "ViT-SO400M-16-SigLIP2-384__webli",
+        "nllb-clip-large-siglip__v1",
+        "XLM-Roberta-Large-Vit-B-16Plus",
+    ]:
         assert name in names
     assert names["ViT-B-32__openai"].dim == 512
     assert names["ViT-SO400M-16-SigLIP2-384__webli"].dim == 1152
@@ -67,10 +72,22 @@ def test_missing_model_without_network_fails_fast():
 
 def test_cli_models_list_and_export(clip_checkpoint, tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
-    out = subprocess.run([sys.executable, "-m", "xmodal", "models", "list"], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "xmodal", "models", "list"], env=env, capture_output=True, text=True, check=True
+    )
     assert "ViT-B-32__openai" in out.stdout and "512" in out.stdout
     dest = tmp_path / "exported"
-    subprocess.run([sys.executable, "-m", "xmodal", "models", "export", str(clip_checkpoint), str(dest), "--int8"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "xmodal", "models", "export", str(clip_checkpoint), str(dest), "--int8"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     assert (dest / "visual" / "model.onnx").is_file() and (dest / "textual" / "tokenizer.json").is_file()
-    again = subprocess.run([sys.executable, "-m", "xmodal", "models", "export", str(clip_checkpoint), str(dest)], env=env, capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "xmodal", "models", "export", str(clip_checkpoint), str(dest)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr

@@ -67,17 +67,33 @@ def _each_model(models: list[str], precision: str, job: Callable[[Encoder], list
 def evaluate(
     model: list[str] = typer.Option(..., "--model", "-m", help="Model name or folder; repeat to compare models."),
     dataset: list[str] = typer.Option(
-        ..., "--dataset", "-d",
+        ...,
+        "--dataset",
+        "-d",
         help="FORMAT:PATH with FORMAT karpathy, coco, flickr, cn-clip, msvd, jsonl or csv (a bare PATH guesses); repeatable.",
     ),
-    split: str = typer.Option("test", help="Split to evaluate (Karpathy/CLIP_benchmark: test, val; MUGE: valid); 'all' for every record."),
-    directions: str = typer.Option(None, help="Comma-separated subset of t2i,i2t (images) / t2v,v2t (videos); default both."),
-    limit: int = typer.Option(None, min=1, help="Use only the first N images/videos of each dataset (with their captions)."),
-    images: Path = typer.Option(None, help="Folder the dataset's image/video file names are relative to (one dataset only)."),
-    out: Path = typer.Option(None, help="Folder for results.md/.csv/.json, ranks.npz and plots (default: ./xmodal-eval-DATE-TIME)."),
+    split: str = typer.Option(
+        "test", help="Split to evaluate (Karpathy/CLIP_benchmark: test, val; MUGE: valid); 'all' for every record."
+    ),
+    directions: str = typer.Option(
+        None, help="Comma-separated subset of t2i,i2t (images) / t2v,v2t (videos); default both."
+    ),
+    limit: int = typer.Option(
+        None, min=1, help="Use only the first N images/videos of each dataset (with their captions)."
+    ),
+    images: Path = typer.Option(
+        None, help="Folder the dataset's image/video file names are relative to (one dataset only)."
+    ),
+    out: Path = typer.Option(
+        None, help="Folder for results.md/.csv/.json, ranks.npz and plots (default: ./xmodal-eval-DATE-TIME)."
+    ),
     precision: str = typer.Option("fp32", help="Model precision: fp32, int8 or bf16."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Embed everything again; do not read or write the embedding cache."),
-    cache_file: Path = typer.Option(None, "--cache", help="Embedding cache database (default: XMODAL_CACHE/eval/embeddings.sqlite)."),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Embed everything again; do not read or write the embedding cache."
+    ),
+    cache_file: Path = typer.Option(
+        None, "--cache", help="Embedding cache database (default: XMODAL_CACHE/eval/embeddings.sqlite)."
+    ),
     frames: int = typer.Option(8, min=1, help="Frames sampled uniformly per video (their embeddings are averaged)."),
     batch_size: int = typer.Option(32, min=1, help="Images per model call."),
     language: str = typer.Option(None, help="Caption language for multilingual (NLLB) models, e.g. en, zh, deu_Latn."),
@@ -94,7 +110,9 @@ def evaluate(
     from xmodal.eval.retrieval import evaluate_retrieval
 
     if images is not None and len(dataset) > 1:
-        raise typer.BadParameter("--images applies to one dataset; give each dataset's files relative to its annotation file instead")
+        raise typer.BadParameter(
+            "--images applies to one dataset; give each dataset's files relative to its annotation file instead"
+        )
     options = ReadOptions(split=None if split == "all" else split, limit=limit, media_root=images, strict=strict)
     wanted = [d.strip() for d in directions.split(",") if d.strip()] if directions else None
     failed = False
@@ -108,10 +126,22 @@ def evaluate(
                 failed = True
                 continue
             datasets.append(replace(data, language=language or data.language))
-        results, model_failed = _each_model(model, precision, lambda encoder: [
-            evaluate_retrieval(encoder, data, directions=wanted, cache=cache, progress=progress, frames=frames, batch_size=batch_size)
-            for data in datasets
-        ])
+        results, model_failed = _each_model(
+            model,
+            precision,
+            lambda encoder: [
+                evaluate_retrieval(
+                    encoder,
+                    data,
+                    directions=wanted,
+                    cache=cache,
+                    progress=progress,
+                    frames=frames,
+                    batch_size=batch_size,
+                )
+                for data in datasets
+            ],
+        )
     failed = failed or model_failed
     if results:
         unit = "percent" if percent else "fraction"
@@ -120,7 +150,9 @@ def evaluate(
         _say(table)
         for line in report.summary_lines(results):
             _say(line)
-        (folder / "results.md").write_text(table + "\n\n" + "\n".join(f"- {line}" for line in report.summary_lines(results)) + "\n")
+        (folder / "results.md").write_text(
+            table + "\n\n" + "\n".join(f"- {line}" for line in report.summary_lines(results)) + "\n"
+        )
         report.write_csv(results, folder / "results.csv", unit)
         report.write_json(results, folder / "results.json")
         report.write_ranks(results, folder / "ranks.npz")
@@ -132,14 +164,24 @@ def evaluate(
 
 def zeroshot(
     model: list[str] = typer.Option(..., "--model", "-m", help="Model name or folder; repeat to compare models."),
-    dataset: Path = typer.Option(..., "--dataset", "-d", help="A folder per class, or a CSV/TSV with path and label columns."),
+    dataset: Path = typer.Option(
+        ..., "--dataset", "-d", help="A folder per class, or a CSV/TSV with path and label columns."
+    ),
     templates: str = typer.Option("imagenet", help="Prompt templates: imagenet (CLIP's 80), simple, or a JSON file."),
-    classnames: Path = typer.Option(None, help="JSON class names: a list (by label index / sorted label order) or {label: name}."),
+    classnames: Path = typer.Option(
+        None, help="JSON class names: a list (by label index / sorted label order) or {label: name}."
+    ),
     limit: int = typer.Option(None, min=1, help="Use only N images, taken round-robin over the classes."),
-    out: Path = typer.Option(None, help="Folder for results, per-class tables and confusion matrices (default: ./xmodal-zeroshot-DATE-TIME)."),
+    out: Path = typer.Option(
+        None, help="Folder for results, per-class tables and confusion matrices (default: ./xmodal-zeroshot-DATE-TIME)."
+    ),
     precision: str = typer.Option("fp32", help="Model precision: fp32, int8 or bf16."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Embed everything again; do not read or write the embedding cache."),
-    cache_file: Path = typer.Option(None, "--cache", help="Embedding cache database (default: XMODAL_CACHE/eval/embeddings.sqlite)."),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Embed everything again; do not read or write the embedding cache."
+    ),
+    cache_file: Path = typer.Option(
+        None, "--cache", help="Embedding cache database (default: XMODAL_CACHE/eval/embeddings.sqlite)."
+    ),
     batch_size: int = typer.Option(32, min=1, help="Images per model call."),
     language: str = typer.Option(None, help="Prompt language for multilingual (NLLB) models."),
     percent: bool = typer.Option(False, "--percent", help=RECALL_UNIT_HELP),
@@ -155,9 +197,15 @@ def zeroshot(
     prompts = load_templates(templates)
     data = read_classification(dataset, classnames=classnames, limit=limit, strict=strict)
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
-        results, failed = _each_model(model, precision, lambda encoder: [
-            evaluate_zeroshot(encoder, data, prompts, language=language, cache=cache, progress=progress, batch_size=batch_size)
-        ])
+        results, failed = _each_model(
+            model,
+            precision,
+            lambda encoder: [
+                evaluate_zeroshot(
+                    encoder, data, prompts, language=language, cache=cache, progress=progress, batch_size=batch_size
+                )
+            ],
+        )
     if results:
         unit = "percent" if percent else "fraction"
         folder = _out_dir(out, "xmodal-zeroshot")
@@ -166,14 +214,21 @@ def zeroshot(
         sections = [summary]
         for r in results:
             worst = None if len(r.classnames) <= 25 else 10
-            title = f"\n{r.model}: per-class" + (f" (the {worst} lowest top-1 of {len(r.classnames)}; all in per_class CSV)" if worst else "")
+            title = f"\n{r.model}: per-class" + (
+                f" (the {worst} lowest top-1 of {len(r.classnames)}; all in per_class CSV)" if worst else ""
+            )
             table = report.per_class_markdown(r, unit, worst)
             _say(title)
             _say(table)
             sections += [title, table]
             stem = safe_name(r.model)
             report.write_per_class_csv(r, folder / f"per_class_{stem}.csv")
-            plot_confusion_matrix(r.confusion, r.classnames, folder / f"confusion_{stem}.png", f"{r.model} on {r.dataset}: top-1 {r.top1:.3f}")
+            plot_confusion_matrix(
+                r.confusion,
+                r.classnames,
+                folder / f"confusion_{stem}.png",
+                f"{r.model} on {r.dataset}: top-1 {r.top1:.3f}",
+            )
         skipped = f"{len(data.missing)} missing files, {len(data.problems)} malformed lines"
         _say(f"{data.name}: {len(data.items)} images, {len(data.classnames)} classes; skipped: {skipped}")
         (folder / "results.md").write_text("\n".join(sections) + "\n")

@@ -22,7 +22,9 @@ def list_models() -> None:
             where = "shipped"
         else:
             where = "cached" if registry.cached_folder(model.name) else "-"
-        table.add_row(model.name, str(model.dim), str(model.image_size), model.family, "yes" if model.multilingual else "", where)
+        table.add_row(
+            model.name, str(model.dim), str(model.image_size), model.family, "yes" if model.multilingual else "", where
+        )
     console.print(table)
 
 

@@ -1,10 +1,10 @@
 """Evaluation: retrieval metrics, dataset readers, retrieval and zero-shot benchmarks, reports and plots.
 
-    from xmodal.eval import EmbeddingCache, evaluate_retrieval, read_dataset
-    dataset = read_dataset("karpathy:coco/dataset_coco.json")        # FORMAT:PATH, see datasets
-    with EmbeddingCache() as cache:
-        result = evaluate_retrieval(xmodal.load_model("ViT-B-32__openai"), dataset, cache=cache)
-    result.directions[0].metrics  # {"R@1", "R@5", "R@10", "MedR", "MnR", "MR"}; .ranks per query
+from xmodal.eval import EmbeddingCache, evaluate_retrieval, read_dataset
+dataset = read_dataset("karpathy:coco/dataset_coco.json")        # FORMAT:PATH, see datasets
+with EmbeddingCache() as cache:
+    result = evaluate_retrieval(xmodal.load_model("ViT-B-32__openai"), dataset, cache=cache)
+result.directions[0].metrics  # {"R@1", "R@5", "R@10", "MedR", "MnR", "MR"}; .ranks per query
 """
 
 from xmodal.eval.cache import EmbeddingCache

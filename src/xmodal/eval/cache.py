@@ -54,7 +54,9 @@ class EmbeddingCache:
             self.store = EmbeddingStore(self.conn)
             self.conn.executescript(FILE_HASHES)
         except sqlite3.DatabaseError as exc:
-            raise XmodalError(f"{self.path}: embedding cache cannot be used ({exc}); delete it or pass --no-cache") from None
+            raise XmodalError(
+                f"{self.path}: embedding cache cannot be used ({exc}); delete it or pass --no-cache"
+            ) from None
 
     def get(self, model_key: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors for those keys that have one."""
@@ -74,7 +76,9 @@ class EmbeddingCache:
         for path in paths:
             key = os.path.abspath(path)
             stat = Path(path).stat()
-            row = self.conn.execute("SELECT size, mtime_ns, content_hash FROM file_hashes WHERE path = ?", (key,)).fetchone()
+            row = self.conn.execute(
+                "SELECT size, mtime_ns, content_hash FROM file_hashes WHERE path = ?", (key,)
+            ).fetchone()
             if row is not None and row[0] == stat.st_size and row[1] == stat.st_mtime_ns:
                 out.append(row[2])
                 continue

@@ -75,15 +75,18 @@ def embed_items(
     progress = progress or NullProgress()
     keys, failures = _item_keys(items, kind, frames, cache)
     if kind == "video":
+
         def embed(indices: list[int]) -> tuple[np.ndarray, dict[int, str]]:
             return _embed_videos(encoder, [items[i] for i in indices], frames, batch_size)
 
         chunk = _VIDEO_CHUNK
     else:
+
         def embed(indices: list[int]) -> tuple[np.ndarray, dict[int, str]]:
             errors: dict[int, str] = {}
             vectors = encoder.embed_images(
-                [items[i] for i in indices], batch_size,
+                [items[i] for i in indices],
+                batch_size,
                 on_error=lambda k, _item, exc: errors.__setitem__(k, exc.reason),
             )
             return vectors, errors
@@ -91,7 +94,12 @@ def embed_items(
         chunk = 8 * batch_size
     valid = [i for i in range(len(items)) if i not in failures]
     result = _embed_cached(
-        encoder, [keys[i] for i in valid], lambda sub: embed([valid[j] for j in sub]), chunk, cache, progress,
+        encoder,
+        [keys[i] for i in valid],
+        lambda sub: embed([valid[j] for j in sub]),
+        chunk,
+        cache,
+        progress,
         f"{encoder.name}: {kind}s",
     )
     vectors = np.full((len(items), encoder.dim), np.nan, dtype=np.float32)
@@ -111,7 +119,9 @@ def _item_keys(
     suffix = f":uniform{frames}" if kind == "video" else ""
     for i, item in enumerate(items):
         try:
-            digest = cache.file_hashes([item])[0] if cache is not None and isinstance(item, Path) else content_hash(item)
+            digest = (
+                cache.file_hashes([item])[0] if cache is not None and isinstance(item, Path) else content_hash(item)
+            )
             keys.append(digest + suffix)
         except OSError as exc:
             keys.append("")
@@ -151,8 +161,11 @@ def _embed_cached(
     return Embedded(out, failures, len(keys) - len(todo))
 
 
-def _embed_videos(encoder: Encoder, paths: Sequence[MediaSource], frames: int, batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
+def _embed_videos(
+    encoder: Encoder, paths: Sequence[MediaSource], frames: int, batch_size: int
+) -> tuple[np.ndarray, dict[int, str]]:
     """Mean of each video's normalized frame embeddings, re-normalized; frames decoded on 2 threads."""
+
     def sample(path: MediaSource) -> list | MediaError:
         try:
             return sample_frames(path, frames)  # type: ignore[arg-type]
@@ -171,4 +184,3 @@ def _embed_videos(encoder: Encoder, paths: Sequence[MediaSource], frames: int, b
             out[k] = l2_normalize(frame_vectors[start : start + len(s)].mean(axis=0))
             start += len(s)
     return out, errors
-

@@ -47,11 +47,15 @@ def _positives_csr(positives: Sequence[Iterable[int]], n_gallery: int) -> tuple[
     bad = (flat < 0) | (flat >= n_gallery)
     if bad.any():
         q = int(np.searchsorted(offsets, np.flatnonzero(bad)[0], side="right") - 1)
-        raise InvalidArgumentError(f"positives[{q}]", flat[offsets[q] : offsets[q + 1]].tolist(), f"indices in [0, {n_gallery})")
+        raise InvalidArgumentError(
+            f"positives[{q}]", flat[offsets[q] : offsets[q + 1]].tolist(), f"indices in [0, {n_gallery})"
+        )
     return flat, offsets
 
 
-def _best_positives(values: np.ndarray, flat: np.ndarray, offsets: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
+def _best_positives(
+    values: np.ndarray, flat: np.ndarray, offsets: np.ndarray, first: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per query: the best positive score and, among equally best positives, the earliest index."""
     counts = np.diff(offsets)
     best = np.maximum.reduceat(values, offsets[:-1])
@@ -158,9 +162,7 @@ def ranks_from_similarity(similarity: np.ndarray, positives: Sequence[Iterable[i
     return out
 
 
-def ranks_from_embeddings(
-    queries: np.ndarray, gallery: np.ndarray, positives: Sequence[Iterable[int]]
-) -> np.ndarray:
+def ranks_from_embeddings(queries: np.ndarray, gallery: np.ndarray, positives: Sequence[Iterable[int]]) -> np.ndarray:
     """Ranks by inner product (cosine for unit rows) in float32, never holding the full (Q, G) matrix."""
     queries = np.asarray(queries, dtype=np.float32)
     gallery = np.asarray(gallery, dtype=np.float32)

@@ -46,10 +46,17 @@ def table_rows(results: Sequence[RetrievalResult], unit: str = "fraction") -> tu
     for result in results:
         for d in result.directions:
             m = d.metrics
-            rows.append([
-                d.label, result.model, result.dataset, *(_recall(m[r], unit) for r in RECALLS),
-                _rank(m["MedR"]), f"{m['MnR']:.1f}", _recall(m["MR"], unit),
-            ])
+            rows.append(
+                [
+                    d.label,
+                    result.model,
+                    result.dataset,
+                    *(_recall(m[r], unit) for r in RECALLS),
+                    _rank(m["MedR"]),
+                    f"{m['MnR']:.1f}",
+                    _recall(m["MR"], unit),
+                ]
+            )
     return header, rows
 
 
@@ -91,16 +98,40 @@ def summary_lines(results: Sequence[RetrievalResult]) -> list[str]:
 def write_csv(results: Sequence[RetrievalResult], path: Path, unit: str = "fraction") -> Path:
     """The table plus counts, precision, model key, xmodal version and wall time, one row per direction."""
     header, rows = table_rows(results, unit)
-    extra = ["split", "queries", "gallery", "items", "texts", "missing", "failed", "precision", "model_key", "xmodal_version", "wall_time_s"]
+    extra = [
+        "split",
+        "queries",
+        "gallery",
+        "items",
+        "texts",
+        "missing",
+        "failed",
+        "precision",
+        "model_key",
+        "xmodal_version",
+        "wall_time_s",
+    ]
     flat = [(r, d) for r in results for d in r.directions]
     with open(path, "w", newline="", encoding="utf-8") as fp:
         writer = csv.writer(fp)
         writer.writerow(header + extra)
         for row, (r, d) in zip(rows, flat, strict=True):
-            writer.writerow(row + [
-                r.split or "", d.queries, d.gallery, r.items, r.texts, len(r.missing), len(r.failed),
-                r.precision, r.model_key, r.xmodal_version, f"{r.timings['wall_s']:.3f}",
-            ])
+            writer.writerow(
+                row
+                + [
+                    r.split or "",
+                    d.queries,
+                    d.gallery,
+                    r.items,
+                    r.texts,
+                    len(r.missing),
+                    len(r.failed),
+                    r.precision,
+                    r.model_key,
+                    r.xmodal_version,
+                    f"{r.timings['wall_s']:.3f}",
+                ]
+            )
     return path
 
 
@@ -115,12 +146,23 @@ def result_dict(r: RetrievalResult) -> dict:
         "split": r.split,
         "kind": r.kind,
         "counts": {
-            "items": r.items, "texts": r.texts, "missing": len(r.missing), "failed": len(r.failed),
-            "malformed": len(r.malformed), "texts_dropped": r.texts_dropped,
-            "cached_items": r.cached.get("items", 0), "cached_texts": r.cached.get("texts", 0),
+            "items": r.items,
+            "texts": r.texts,
+            "missing": len(r.missing),
+            "failed": len(r.failed),
+            "malformed": len(r.malformed),
+            "texts_dropped": r.texts_dropped,
+            "cached_items": r.cached.get("items", 0),
+            "cached_texts": r.cached.get("texts", 0),
         },
         "directions": {
-            d.direction: {"label": d.label, "queries": d.queries, "gallery": d.gallery, "metrics": d.metrics, "chance": d.chance}
+            d.direction: {
+                "label": d.label,
+                "queries": d.queries,
+                "gallery": d.gallery,
+                "metrics": d.metrics,
+                "chance": d.chance,
+            }
             for d in r.directions
         },
         "wall_time_s": r.timings["wall_s"],
@@ -159,10 +201,27 @@ def write_ranks(results: Sequence[RetrievalResult], path: Path) -> Path:
 def zeroshot_markdown(results: Sequence[ZeroShotResult], unit: str = "fraction") -> str:
     """Model · dataset · top-1 · top-5 · mean per-class recall · images · classes · templates."""
     label = _unit_label(unit)
-    header = ["Model", "Dataset", f"Top-1 ({label})", f"Top-5 ({label})", f"Mean per-class recall ({label})", "Images", "Classes", "Templates"]
+    header = [
+        "Model",
+        "Dataset",
+        f"Top-1 ({label})",
+        f"Top-5 ({label})",
+        f"Mean per-class recall ({label})",
+        "Images",
+        "Classes",
+        "Templates",
+    ]
     rows = [
-        [r.model, r.dataset, _recall(r.top1, unit), _recall(r.top5, unit), _recall(r.mean_per_class_recall, unit),
-         str(r.images), str(len(r.classnames)), str(r.templates)]
+        [
+            r.model,
+            r.dataset,
+            _recall(r.top1, unit),
+            _recall(r.top5, unit),
+            _recall(r.mean_per_class_recall, unit),
+            str(r.images),
+            str(len(r.classnames)),
+            str(r.templates),
+        ]
         for r in results
     ]
     return _markdown(header, rows, "llrrrrrr")
@@ -176,8 +235,13 @@ def per_class_markdown(result: ZeroShotResult, unit: str = "fraction", worst: in
         rows = sorted(rows, key=lambda r: (r["top1"], r["top5"], r["class"].lower()))[:worst]
     header = ["Class", "Images", f"Top-1 ({label})", f"Top-5 ({label})", "Most confused with"]
     body = [
-        [r["class"], str(r["images"]), _recall(r["top1"], unit), _recall(r["top5"], unit),
-         f"{r['most_confused_with']} ({r['confused_count']})" if r["confused_count"] else ""]
+        [
+            r["class"],
+            str(r["images"]),
+            _recall(r["top1"], unit),
+            _recall(r["top5"], unit),
+            f"{r['most_confused_with']} ({r['confused_count']})" if r["confused_count"] else "",
+        ]
         for r in rows
     ]
     return _markdown(header, body, "lrrrl")
@@ -189,20 +253,43 @@ def write_per_class_csv(result: ZeroShotResult, path: Path) -> Path:
         writer = csv.writer(fp)
         writer.writerow(["class", "images", "top1", "top5", "most_confused_with", "confused_count"])
         for r in result.per_class:
-            writer.writerow([r["class"], r["images"], f"{r['top1']:.6f}", f"{r['top5']:.6f}", r["most_confused_with"], r["confused_count"]])
+            writer.writerow(
+                [
+                    r["class"],
+                    r["images"],
+                    f"{r['top1']:.6f}",
+                    f"{r['top5']:.6f}",
+                    r["most_confused_with"],
+                    r["confused_count"],
+                ]
+            )
     return path
 
 
 def write_zeroshot_json(results: Sequence[ZeroShotResult], path: Path) -> Path:
     """Zero-shot results with class names and confusion matrices (recalls as fractions)."""
-    return _write_document([
-        {
-            "model": r.model, "model_key": r.model_key, "precision": r.precision, "dataset": r.dataset,
-            "images": r.images, "classes": len(r.classnames), "templates": r.templates,
-            "top1": r.top1, "top5": r.top5, "mean_per_class_recall": r.mean_per_class_recall,
-            "wall_time_s": r.wall_time_s, "xmodal_version": r.xmodal_version,
-            "classnames": r.classnames, "confusion": r.confusion.tolist(),
-            "missing": r.missing, "failed": r.failed, "malformed": r.malformed,
-        }
-        for r in results
-    ], path)
+    return _write_document(
+        [
+            {
+                "model": r.model,
+                "model_key": r.model_key,
+                "precision": r.precision,
+                "dataset": r.dataset,
+                "images": r.images,
+                "classes": len(r.classnames),
+                "templates": r.templates,
+                "top1": r.top1,
+                "top5": r.top5,
+                "mean_per_class_recall": r.mean_per_class_recall,
+                "wall_time_s": r.wall_time_s,
+                "xmodal_version": r.xmodal_version,
+                "classnames": r.classnames,
+                "confusion": r.confusion.tolist(),
+                "missing": r.missing,
+                "failed": r.failed,
+                "malformed": r.malformed,
+            }
+            for r in results
+        ],
+        path,
+    )

@@ -103,7 +103,9 @@ def evaluate_retrieval(
     progress = progress or NullProgress()
     chosen = directions_for(dataset.kind, directions)
     started = time.perf_counter()
-    items = embed_items(encoder, dataset.items, dataset.kind, frames=frames, batch_size=batch_size, cache=cache, progress=progress)
+    items = embed_items(
+        encoder, dataset.items, dataset.kind, frames=frames, batch_size=batch_size, cache=cache, progress=progress
+    )
     items_done = time.perf_counter()
     evaluated = dataset.without_items(items.failures)
     keep = np.array([i for i in range(len(dataset.items)) if i not in items.failures], dtype=np.int64)
@@ -138,7 +140,11 @@ def evaluate_retrieval(
 
 
 def _rank(
-    directions: Sequence[str], item_vectors: np.ndarray, text_vectors: np.ndarray, dataset: RetrievalDataset, ks: Sequence[int]
+    directions: Sequence[str],
+    item_vectors: np.ndarray,
+    text_vectors: np.ndarray,
+    dataset: RetrievalDataset,
+    ks: Sequence[int],
 ) -> list[DirectionResult]:
     """Both directions from one text x item similarity matrix when it fits the memory budget (one
     matmul; image->text reads it column-wise), else each direction from embeddings in blocks."""
@@ -152,25 +158,32 @@ def _rank(
     for direction in directions:
         if direction in ("t2i", "t2v"):
             queries, gallery, positives = len(text_vectors), len(item_vectors), text_positives
-            ranks = (ranks_from_similarity(similarity, positives) if shared
-                     else ranks_from_embeddings(text_vectors, item_vectors, positives))
+            ranks = (
+                ranks_from_similarity(similarity, positives)
+                if shared
+                else ranks_from_embeddings(text_vectors, item_vectors, positives)
+            )
         else:
             queries, gallery, positives = len(captioned), len(text_vectors), item_positives
             if not captioned:
-                raise InvalidArgumentError("dataset", dataset.name, f"at least one captioned item for {DIRECTIONS[direction]}")
+                raise InvalidArgumentError(
+                    "dataset", dataset.name, f"at least one captioned item for {DIRECTIONS[direction]}"
+                )
             if shared:
                 columns = similarity if len(captioned) == len(item_vectors) else similarity[:, captioned]
                 ranks = ranks_from_similarity(columns.T, positives)
             else:
                 ranks = ranks_from_embeddings(item_vectors[captioned], text_vectors, positives)
         counts = np.fromiter(map(len, positives), dtype=np.int64, count=len(positives))
-        results.append(DirectionResult(
-            direction=direction,
-            metrics=metrics_from_ranks(ranks, ks),
-            ranks=ranks,
-            queries=queries,
-            gallery=gallery,
-            chance=chance_recall(gallery, counts, ks),
-            chance_curve=np.array(list(chance_recall(gallery, counts, range(1, CURVE_MAX_K + 1)).values())),
-        ))
+        results.append(
+            DirectionResult(
+                direction=direction,
+                metrics=metrics_from_ranks(ranks, ks),
+                ranks=ranks,
+                queries=queries,
+                gallery=gallery,
+                chance=chance_recall(gallery, counts, ks),
+                chance_curve=np.array(list(chance_recall(gallery, counts, range(1, CURVE_MAX_K + 1)).values())),
+            )
+        )
     return results

@@ -116,7 +116,9 @@ def evaluate_zeroshot(
     """Classify every image of the dataset by its nearest class embedding."""
     progress = progress or NullProgress()
     started = time.perf_counter()
-    classifier = class_embeddings(encoder, dataset.classnames, templates, language=language, cache=cache, progress=progress)
+    classifier = class_embeddings(
+        encoder, dataset.classnames, templates, language=language, cache=cache, progress=progress
+    )
     images = embed_items(encoder, dataset.items, "image", batch_size=batch_size, cache=cache, progress=progress)
     keep = np.array([i for i in range(len(dataset.items)) if i not in images.failures], dtype=np.int64)
     if keep.size == 0:
@@ -173,12 +175,14 @@ def _per_class(classnames: Sequence[str], labels: np.ndarray, hits: dict, confus
         wrong = confusion[c].copy()
         wrong[c] = 0
         confused = int(wrong.argmax()) if wrong.any() else None
-        rows.append({
-            "class": name,
-            "images": n,
-            "top1": float(hits[1][mask].mean()) if n else float("nan"),
-            "top5": float(hits[5][mask].mean()) if n else float("nan"),
-            "most_confused_with": classnames[confused] if confused is not None else "",
-            "confused_count": int(wrong.max()) if confused is not None else 0,
-        })
+        rows.append(
+            {
+                "class": name,
+                "images": n,
+                "top1": float(hits[1][mask].mean()) if n else float("nan"),
+                "top5": float(hits[5][mask].mean()) if n else float("nan"),
+                "most_confused_with": classnames[confused] if confused is not None else "",
+                "confused_count": int(wrong.max()) if confused is not None else 0,
+            }
+        )
     return rows

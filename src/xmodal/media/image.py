@@ -125,8 +125,7 @@ def _decode_stream(fp: io.IOBase, item: object, options: DecodeOptions) -> Decod
     if width * height > options.max_pixels:
         raise ImageTooLargeError(
             item,
-            f"{width}x{height} = {width * height:,} pixels exceeds the limit of "
-            f"{options.max_pixels:,} (max_pixels)",
+            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {options.max_pixels:,} (max_pixels)",
         )
     if options.draft_size and img.format == "JPEG":
         img.draft(img.mode, (options.draft_size, options.draft_size))

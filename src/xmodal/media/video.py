@@ -19,7 +19,9 @@ from xmodal.errors import InvalidArgumentError, MediaError
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts"})
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts"}
+)
 
 
 def is_video_path(path: str | os.PathLike) -> bool:
@@ -69,7 +71,9 @@ def _targets(total: int, n: int) -> list[int]:
     return sorted({min(total - 1, int((i + 0.5) * total / n)) for i in range(n)})
 
 
-def _pick(container: av.container.InputContainer, stream: av.VideoStream, path: Path, targets: list[int]) -> list[Image.Image]:
+def _pick(
+    container: av.container.InputContainer, stream: av.VideoStream, path: Path, targets: list[int]
+) -> list[Image.Image]:
     frames: list[Image.Image] = []
     wanted = iter(targets)
     next_index = next(wanted)

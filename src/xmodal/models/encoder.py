@@ -181,7 +181,10 @@ class Encoder:
             elif name == "attention_mask":
                 feeds[name] = tokens.attention_mask
             else:
-                raise ModelFormatError(self.config.textual_path, f"unexpected input {name!r}; expected 'text' or 'input_ids' + 'attention_mask'")
+                raise ModelFormatError(
+                    self.config.textual_path,
+                    f"unexpected input {name!r}; expected 'text' or 'input_ids' + 'attention_mask'",
+                )
         return l2_normalize(session.run(feeds))
 
     def embed_texts(

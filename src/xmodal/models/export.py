@@ -140,8 +140,14 @@ def _onnx_export(module: Any, args: tuple, path: Path, names: list[str], axes: d
         # stable output names; its deprecation and tracer warnings are noise here.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, args, str(path), input_names=names, output_names=["embedding"],
-            dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+            module,
+            args,
+            str(path),
+            input_names=names,
+            output_names=["embedding"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
         )
 
 
@@ -272,7 +278,11 @@ def hf_preprocess_cfg(src: Path, model_type: str) -> PreprocessCfg:
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    defaults = {"clip": CLIPImageProcessorPil, "siglip": SiglipImageProcessorPil, "chinese_clip": ChineseCLIPImageProcessorPil}
+    defaults = {
+        "clip": CLIPImageProcessorPil,
+        "siglip": SiglipImageProcessorPil,
+        "chinese_clip": ChineseCLIPImageProcessorPil,
+    }
     path = src / "preprocessor_config.json"
     cfg = json.loads(path.read_text()) if path.is_file() else {}
     base = defaults[model_type]
@@ -280,8 +290,14 @@ def hf_preprocess_cfg(src: Path, model_type: str) -> PreprocessCfg:
     size = dict(get("size") or {})
     if "shortest_edge" in size:
         crop = dict(get("crop_size") or {})
-        if get("do_center_crop") and crop and (crop.get("height") != size["shortest_edge"] or crop.get("width") != size["shortest_edge"]):
-            raise ModelFormatError(path, f"resize to {size} then crop {crop} is not expressible; crop must equal the short side")
+        if (
+            get("do_center_crop")
+            and crop
+            and (crop.get("height") != size["shortest_edge"] or crop.get("width") != size["shortest_edge"])
+        ):
+            raise ModelFormatError(
+                path, f"resize to {size} then crop {crop} is not expressible; crop must equal the short side"
+            )
         mode, edge = "shortest", size["shortest_edge"]
     elif size.get("height") == size.get("width") and size.get("height"):
         mode, edge = "squash", size["height"]

@@ -87,7 +87,9 @@ def hub_offline(offline: bool | None) -> bool:
     """Offline when asked, or when HF_HUB_OFFLINE / XMODAL_OFFLINE is set."""
     if offline is not None:
         return offline
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "XMODAL_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "XMODAL_OFFLINE")
+    )
 
 
 def resolve_model(name_or_path: str | os.PathLike, *, offline: bool | None = None) -> tuple[Path, str]:

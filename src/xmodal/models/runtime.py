@@ -82,7 +82,9 @@ class OpenVinoSession:
         try:
             import openvino as ov
         except ImportError:
-            raise InvalidArgumentError("runtime", "openvino", "installing it first: pip install 'xmodal[openvino]'") from None
+            raise InvalidArgumentError(
+                "runtime", "openvino", "installing it first: pip install 'xmodal[openvino]'"
+            ) from None
         _check_file(path)
         config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
         if threads:
@@ -130,7 +132,9 @@ def create_session(path: Path, *, runtime: str, precision: str, threads: int | N
             return OnnxRuntimeSession(quantized_copy(path), threads)
         case "openvino", ("fp32" | "bf16"):
             return OpenVinoSession(path, precision, threads)
-    raise InvalidArgumentError("runtime/precision", f"{runtime}/{precision}", "onnxruntime with fp32|int8, openvino with fp32|bf16")
+    raise InvalidArgumentError(
+        "runtime/precision", f"{runtime}/{precision}", "onnxruntime with fp32|int8, openvino with fp32|bf16"
+    )
 
 
 def default_threads() -> int | None:

@@ -65,7 +65,9 @@ def flores_code(language: str | None) -> str:
         return codes[key]
     if key.split("-")[0] in codes:
         return codes[key.split("-")[0]]
-    raise InvalidArgumentError("language", language, "an ISO 639-1 code such as en, de, zh, zh-tw, or a FLORES-200 code such as deu_Latn")
+    raise InvalidArgumentError(
+        "language", language, "an ISO 639-1 code such as en, de, zh, zh-tw, or a FLORES-200 code such as deu_Latn"
+    )
 
 
 class TextTokenizer:

@@ -50,10 +50,7 @@ class EmbeddingStore:
 
     def put_many(self, model_key: str, items: Iterable[tuple[str, np.ndarray]]) -> int:
         """Insert or replace vectors; returns how many were written."""
-        rows = [
-            (model_key, h, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes())
-            for h, v in items
-        ]
+        rows = [(model_key, h, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes()) for h, v in items]
         self.conn.executemany(
             "INSERT INTO embeddings (model_key, content_hash, dim, vector) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (model_key, content_hash) DO UPDATE SET dim = excluded.dim, vector = excluded.vector",
@@ -68,6 +65,12 @@ class EmbeddingStore:
 
     def delete_unreferenced(self, model_key: str, keep: set[str]) -> int:
         """Drop vectors of `model_key` whose content hash is not in `keep`."""
-        stale = [h for (h,) in self.conn.execute("SELECT content_hash FROM embeddings WHERE model_key = ?", (model_key,)) if h not in keep]
-        self.conn.executemany("DELETE FROM embeddings WHERE model_key = ? AND content_hash = ?", [(model_key, h) for h in stale])
+        stale = [
+            h
+            for (h,) in self.conn.execute("SELECT content_hash FROM embeddings WHERE model_key = ?", (model_key,))
+            if h not in keep
+        ]
+        self.conn.executemany(
+            "DELETE FROM embeddings WHERE model_key = ? AND content_hash = ?", [(model_key, h) for h in stale]
+        )
         return len(stale)

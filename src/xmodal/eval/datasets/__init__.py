@@ -38,7 +38,15 @@ READERS: dict[str, Reader] = {
     "csv": read_csv,
 }
 
-__all__ = ["READERS", "MediaSource", "ReadOptions", "RetrievalDataset", "detect_format", "parse_dataset_spec", "read_dataset"]
+__all__ = [
+    "READERS",
+    "MediaSource",
+    "ReadOptions",
+    "RetrievalDataset",
+    "detect_format",
+    "parse_dataset_spec",
+    "read_dataset",
+]
 
 
 def parse_dataset_spec(spec: str) -> tuple[str | None, Path]:
@@ -78,7 +86,9 @@ def detect_format(path: Path) -> str:
             return "csv"
     else:
         raise DatasetFormatError(path, "no such file or folder")
-    raise DatasetFormatError(path, f"cannot tell the dataset format from its name; write FORMAT:PATH with FORMAT one of {', '.join(READERS)}")
+    raise DatasetFormatError(
+        path, f"cannot tell the dataset format from its name; write FORMAT:PATH with FORMAT one of {', '.join(READERS)}"
+    )
 
 
 def read_dataset(
@@ -106,5 +116,7 @@ def read_dataset(
         if stored and not dataset.missing:  # a split with absent files is read again: they may appear
             store_parsed(parsed_cache, fmt, path, options, dataset)
     if not dataset.items:
-        raise DatasetFormatError(path, f"no usable items ({len(dataset.missing)} missing files, {len(dataset.problems)} malformed records)")
+        raise DatasetFormatError(
+            path, f"no usable items ({len(dataset.missing)} missing files, {len(dataset.problems)} malformed records)"
+        )
     return dataset

@@ -90,7 +90,9 @@ class RetrievalDataset:
 class DatasetBuilder:
     """Collects items and captions while a reader parses, then checks files and applies the limit."""
 
-    def __init__(self, name: str, fmt: str, options: ReadOptions, *, kind: str | None = None, language: str | None = None):
+    def __init__(
+        self, name: str, fmt: str, options: ReadOptions, *, kind: str | None = None, language: str | None = None
+    ):
         self.name = name
         self.format = fmt
         self.options = options

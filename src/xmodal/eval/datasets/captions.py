@@ -82,8 +82,14 @@ def read_coco(path: Path, options: ReadOptions) -> RetrievalDataset:
     """COCO captions JSON (images[] + annotations[]), e.g. CLIP_benchmark's coco_test_karpathy.json."""
     file = path if path.is_file() else split_file(path, ["coco_{split}_karpathy.json"], options.split, "COCO captions")
     data = load_json(file)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
-        raise DatasetFormatError(file, "expected an object with 'images' and 'annotations' lists (COCO captions format)")
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
+        raise DatasetFormatError(
+            file, "expected an object with 'images' and 'annotations' lists (COCO captions format)"
+        )
     builder = DatasetBuilder(_public_name(file), "coco", options, kind="image")
     roots = _roots(file, options)
     ids: dict[object, str] = {}
@@ -96,7 +102,9 @@ def read_coco(path: Path, options: ReadOptions) -> RetrievalDataset:
     for n, ann in enumerate(data["annotations"]):
         text = _caption(ann.get("caption")) if isinstance(ann, dict) else None
         if text is None or ann.get("image_id") not in ids:
-            reason = "missing or empty 'caption'" if text is None else f"image_id {ann.get('image_id')!r} is not in images[]"
+            reason = (
+                "missing or empty 'caption'" if text is None else f"image_id {ann.get('image_id')!r} is not in images[]"
+            )
             builder.problem(file, f"annotations[{n}]: {reason}")
             continue
         builder.add_text(text, [ids[ann["image_id"]]])
@@ -128,7 +136,9 @@ def _read_table(file: Path, options: ReadOptions, fmt: str, folders: tuple[str, 
     caption_cols = [i for i, h in enumerate(header) if h.startswith(("caption", "text", "description", "sentence"))]
     if path_col is None or not caption_cols:
         raise DatasetFormatError(
-            file, f"header {header!r} needs a path column ({'/'.join(PATH_COLUMNS)}) and a caption column (caption...)", 1
+            file,
+            f"header {header!r} needs a path column ({'/'.join(PATH_COLUMNS)}) and a caption column (caption...)",
+            1,
         )
     split_col = header.index("split") if "split" in header else None
     builder = DatasetBuilder(_public_name(file), fmt, options)
@@ -204,5 +214,7 @@ def _single(folder: Path, pattern: str, what: str) -> Path:
     found = sorted(folder.glob(pattern))
     if len(found) != 1:
         listing = ", ".join(p.name for p in found) or "none"
-        raise DatasetFormatError(folder, f"expected one {what} file matching {pattern} (found: {listing}); pass the file itself")
+        raise DatasetFormatError(
+            folder, f"expected one {what} file matching {pattern} (found: {listing}); pass the file itself"
+        )
     return found[0]

@@ -87,8 +87,12 @@ def _folder_pairs(root: Path) -> list[tuple[Path, str]]:
     """(image, class folder name) for every image under each class folder (recursively)."""
     exts = image_extensions()
     pairs = []
-    for folder in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: _natural(p.name)):
-        files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in exts and not f.name.startswith("."))
+    for folder in sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: _natural(p.name)
+    ):
+        files = sorted(
+            f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in exts and not f.name.startswith(".")
+        )
         pairs += [(f, folder.name) for f in files]
     return pairs
 
@@ -100,7 +104,9 @@ def _table_pairs(file: Path, problems: list, missing: list, strict: bool) -> lis
     path_col = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
     label_col = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
     if path_col is None or label_col is None:
-        raise DatasetFormatError(file, f"header {header!r} needs a path column and a label column ({'/'.join(LABEL_COLUMNS)})", 1)
+        raise DatasetFormatError(
+            file, f"header {header!r} needs a path column and a label column ({'/'.join(LABEL_COLUMNS)})", 1
+        )
     pairs = []
     for row in reader:
         if not any(cell.strip() for cell in row):
@@ -149,7 +155,9 @@ def _classes(labels: set[str], classnames: Path | None) -> tuple[list[str], list
             raise DatasetFormatError(classnames, f"{len(mapping)} names, but there is a label {ids[-1]}")
         return [str(i) for i in range(len(mapping))], [str(n) for n in mapping]
     if len(mapping) != len(ids):
-        raise DatasetFormatError(classnames, f"{len(mapping)} names for {len(ids)} classes (given in sorted label order)")
+        raise DatasetFormatError(
+            classnames, f"{len(mapping)} names for {len(ids)} classes (given in sorted label order)"
+        )
     return ids, [str(n) for n in mapping]
 
 

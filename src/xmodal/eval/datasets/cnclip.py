@@ -37,7 +37,9 @@ def read_cn_clip(path: Path, options: ReadOptions) -> RetrievalDataset:
             builder.problem(texts_file, "expected an object with a non-empty 'text'", line)
             continue
         if not isinstance(image_ids, list) or not image_ids:
-            builder.problem(texts_file, "expected 'image_ids', a non-empty list (test splits without labels cannot be scored)", line)
+            builder.problem(
+                texts_file, "expected 'image_ids', a non-empty list (test splits without labels cannot be scored)", line
+            )
             continue
         ids = [str(i) for i in image_ids]
         if complete:  # every image of the split was read: an unknown id is a missing image

@@ -26,8 +26,17 @@ log = logging.getLogger(__name__)
 
 def _key(fmt: str, file: Path, options: ReadOptions) -> str:
     stat = file.stat()
-    parts = [xmodal.__version__, fmt, str(file), stat.st_size, stat.st_mtime_ns,
-             options.split, options.limit, str(options.media_root), options.strict]
+    parts = [
+        xmodal.__version__,
+        fmt,
+        str(file),
+        stat.st_size,
+        stat.st_mtime_ns,
+        options.split,
+        options.limit,
+        str(options.media_root),
+        options.strict,
+    ]
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
 
 
