@@ -22,20 +22,20 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # Faiss's OpenMP threads spin-wait; on shared cores that hurts
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
+import faiss
+import numpy as np
 
-from xmodal.store.vector_index import VectorIndex, build_index, tune_index  # noqa: E402
+from xmodal.store.vector_index import VectorIndex, build_index, tune_index
 
 
 def rss_bytes() -> int:
@@ -138,7 +138,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
         f"build {result['exact_build_s']:.1f} s",
         flush=True,
     )
-    del flat
+    flat.reset()  # free its float32 copy before the ANN builds
     gc.collect()
 
     result["ann"] = [bench_ann(spec, vectors, ids, queries, recall_queries, truth, exact, args) for spec in args.ann]
@@ -183,7 +183,6 @@ def bench_ann(spec_template, vectors, ids, queries, recall_queries, truth, exact
         "qps_vs_exact": speedup,
         "sweep": [vars(s) for s in report.settings],
     }
-    del index
     return out
 
 
