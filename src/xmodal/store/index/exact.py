@@ -135,7 +135,7 @@ class ExactIndex(VectorIndex):
         hits = found[np.isin(sorted_ids[found], ids)]
         return np.sort(order[hits])
 
-    def rows(self, positions: np.ndarray) -> np.ndarray:
+    def _rows(self, positions: np.ndarray) -> np.ndarray:
         """float32 copies of the stored vectors at these positions."""
         out = np.empty((len(positions), self.dim), dtype=np.float32)
         blocks = np.searchsorted(self._starts, positions, side="right") - 1
@@ -153,7 +153,7 @@ class ExactIndex(VectorIndex):
         if allowed is not None:
             positions = self._positions(allowed)
             if len(positions) <= _GATHER_MAX:
-                scores = queries @ self.rows(positions).T
+                scores = queries @ self._rows(positions).T
                 found = np.broadcast_to(positions, scores.shape)
                 return scores, self._ids[found], found
             mask = np.zeros(len(self._ids), dtype=bool)
