@@ -41,6 +41,10 @@ def _workers() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=_thread_count(), thread_name_prefix="xmodal-scan")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: start a new pool there
+    os.register_at_fork(after_in_child=_workers.cache_clear)
+
+
 class ExactIndex(VectorIndex):
     """Brute-force inner-product search over every stored vector; results equal a float32 scan
     of the stored (float16-rounded) vectors."""
