@@ -19,7 +19,9 @@ from xmodal.store.vector_index import (
     tune_index,
 )
 
-ALL_SPECS = ["exact", "exact,fp32", "Flat", "HNSW16", "IVF16,Flat", "IVF16,PQ4x4"]
+REFINED = "IVF16,PQ4x4,Refine(SQfp16)"  # 4-bit PQ on 8-d pieces: coarse, so the re-ranking must go deep
+DEEP_REFINE = "nprobe=16,k_factor=50"
+ALL_SPECS = ["exact", "exact,fp32", "Flat", "HNSW16", "IVF16,Flat", "IVF16,PQ4x4", REFINED]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -137,8 +139,9 @@ def test_allowed_on_ann_indexes_returns_only_allowed_ids():
     allowed = ids[::3]
     queries = vectors[:10]
     truth = reference(vectors[::3], allowed, queries, 10)[1]
-    for spec in ["HNSW16", "IVF16,Flat"]:
-        found = build_index(ids, vectors, spec).search(queries, 10, allowed=allowed)[1]
+    for spec in ["HNSW16", "IVF16,Flat", REFINED]:
+        params = DEEP_REFINE if spec == REFINED else None
+        found = build_index(ids, vectors, spec).search(queries, 10, allowed=allowed, params=params)[1]
         assert np.isin(found, allowed).all(), spec
         assert recall(found, truth) >= 0.9, spec
         few = build_index(ids, vectors, spec).search(queries, 10, allowed=ids[:40])[1]  # sparse filter
@@ -157,11 +160,12 @@ def test_padding_when_k_exceeds_count():
     assert (found == -1).all() and np.isneginf(scores).all()
 
 
-@pytest.mark.parametrize("spec", ["exact", "Flat", "HNSW16", "IVF16,Flat"])
+@pytest.mark.parametrize("spec", ["exact", "Flat", "HNSW16", "IVF16,Flat", REFINED])
 def test_add_and_remove(spec):
     vectors = clustered_unit(3000, 32, 16, seed=9)
     ids = np.arange(3000, dtype=np.int64) * 10
     index = build_index(ids[:2000], vectors[:2000], spec)
+    index.params = DEEP_REFINE if spec == REFINED else index.params
     index.add(ids[2000:], vectors[2000:])
     assert len(index) == 3000 and set(index.ids) == set(ids)
     with pytest.raises(InvalidArgumentError):
@@ -194,7 +198,13 @@ def test_save_load_round_trip(tmp_path, spec):
     ids = np.arange(2000, dtype=np.int64) * 3 + 1
     index = build_index(ids, vectors, spec)
     index.remove(ids[:30])
-    index.params = {"HNSW16": "efSearch=40", "IVF16,Flat": "nprobe=3", "IVF16,PQ4x4": "nprobe=5"}.get(spec, "")
+    tuned = {
+        "HNSW16": "efSearch=40",
+        "IVF16,Flat": "nprobe=3",
+        "IVF16,PQ4x4": "nprobe=5",
+        REFINED: "nprobe=6,k_factor=3",
+    }
+    index.params = tuned.get(spec, "")
     path = tmp_path / "sub" / "vectors.idx"
     index.save(path)
     assert [p.name for p in path.parent.iterdir()] == ["vectors.idx"]  # no temp file left behind
@@ -264,6 +274,18 @@ def test_tune_picks_cheapest_setting_meeting_target(spec):
     queries = clustered_unit(200, 32, 64, seed=11)  # fresh queries from the same clusters
     truth = reference(vectors, ids, queries, 10)[1]
     assert recall(index.search(queries, 10)[1], truth) >= 0.93
+
+
+def test_refined_ivf_pq_recovers_recall_lost_to_pq_codes():
+    vectors = clustered_unit(4000, 32, 16, seed=13)
+    ids = np.arange(4000, dtype=np.int64)
+    queries = clustered_unit(100, 32, 16, seed=13)
+    truth = reference(vectors, ids, queries, 10)[1]
+    plain = build_index(ids, vectors, "IVF16,PQ4x4").search(queries, 10, params="nprobe=16")[1]
+    refined = build_index(ids, vectors, REFINED)
+    assert refined.search_param_names() == ("nprobe", "k_factor")
+    assert recall(plain, truth) < 0.6
+    assert recall(refined.search(queries, 10, params=DEEP_REFINE)[1], truth) >= 0.95
 
 
 def test_tune_reports_when_target_is_out_of_reach():

@@ -1,8 +1,9 @@
 """Faiss indexes named by index-factory strings ("Flat", "HNSW32", "IVF1024,Flat", "IVF1024,PQ32").
 
 Labels inside Faiss are the caller's int64 ids: IVF indexes take ids natively, the others sit in an
-`IndexIDMap2`. HNSW graphs cannot delete, so removed ids become tombstones filtered out at search
-time and the graph is rebuilt from its own stored vectors once a quarter of it is dead.
+`IndexIDMap2`. HNSW graphs and refined indexes ("IVF1024,PQ64,Refine(SQfp16)": PQ candidates
+re-ranked with float16 vectors) cannot delete, so removed ids become tombstones filtered out at
+search time, and the index is rebuilt from its own stored vectors once a quarter of it is dead.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from xmodal.store.index.base import VectorIndex
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = "Flat, HNSW<M>[,Flat|SQfp16|SQ8], IVF<nlist>,Flat|SQfp16|SQ8|PQ<m> (Faiss index-factory strings)"
+SUPPORTED = "Flat, HNSW<M>[,Flat|SQfp16|SQ8], IVF<nlist>,Flat|SQfp16|SQ8|PQ<m>[,Refine(SQfp16)|,RFlat] (Faiss index-factory strings)"
 DEFAULT_EF_SEARCH = 256  # until tune_index measures: recall@10 ~0.98 on 1M structured vectors, ~30x exact QPS
 DEFAULT_MIN_NPROBE = 8  # IVF default nprobe: nlist / 16, at least this
+DEFAULT_K_FACTOR = 8  # a refined IVF index re-ranks k * this candidates with its finer copy
 _TRAIN_PER_LIST = 64  # IVF training sample: this many vectors per list (Faiss asks for at least 39) ...
 _TRAIN_MIN = 65_536  # ... and at least this many (PQ codebooks have 256 centroids each)
 _DEAD_FRACTION_REBUILD = 0.25
@@ -39,7 +41,7 @@ class FaissIndex(VectorIndex):
         super().__init__(spec, index.d, params)
         self.index = index
         self._ids = np.empty(0, dtype=np.int64) if ids is None else ids
-        self._dead = np.empty(0, dtype=np.int64)  # tombstones (HNSW only)
+        self._dead = np.empty(0, dtype=np.int64)  # tombstones (indexes that cannot delete)
 
     @classmethod
     def create(cls, spec: str, dim: int) -> FaissIndex:
@@ -49,7 +51,10 @@ class FaissIndex(VectorIndex):
         except RuntimeError as error:
             raise InvalidArgumentError("index spec", spec, SUPPORTED) from error
         if isinstance(inner, faiss.IndexIVF):
-            return cls(inner, spec, f"nprobe={min(inner.nlist, max(DEFAULT_MIN_NPROBE, inner.nlist // 16))}")
+            return cls(inner, spec, _default_nprobe(inner))
+        if isinstance(inner, faiss.IndexRefine) and isinstance(faiss.downcast_index(inner.base_index), faiss.IndexIVF):
+            nprobe = _default_nprobe(faiss.downcast_index(inner.base_index))
+            return cls(faiss.IndexIDMap2(inner), spec, f"{nprobe},k_factor={DEFAULT_K_FACTOR}")
         if isinstance(inner, faiss.IndexHNSW):
             return cls(faiss.IndexIDMap2(inner), spec, f"efSearch={DEFAULT_EF_SEARCH}")
         if isinstance(inner, faiss.IndexFlat):
@@ -63,12 +68,20 @@ class FaissIndex(VectorIndex):
             return faiss.downcast_index(self.index.index)
         return self.index
 
+    @property
+    def ivf(self) -> faiss.IndexIVF | None:
+        """The inverted-file part (the index itself, or the base of a refined one), if any."""
+        inner = self.inner
+        if isinstance(inner, faiss.IndexRefine):
+            inner = faiss.downcast_index(inner.base_index)
+        return inner if isinstance(inner, faiss.IndexIVF) else None
+
     def train(self, vectors: np.ndarray) -> None:
         """Train IVF centroids / PQ codebooks on `vectors` (no-op for indexes without training)."""
         if self.index.is_trained:
             return
         vectors = np.asarray(vectors)
-        nlist = self.inner.nlist if isinstance(self.inner, faiss.IndexIVF) else 0
+        nlist = self.ivf.nlist if self.ivf is not None else 0
         cap = max(_TRAIN_PER_LIST * nlist, _TRAIN_MIN)
         if len(vectors) > cap:  # k-means cost grows with the sample; this many per centroid is plenty
             vectors = vectors[np.sort(np.random.default_rng(0).choice(len(vectors), size=cap, replace=False))]
@@ -88,17 +101,20 @@ class FaissIndex(VectorIndex):
         return len(self._ids)
 
     def search_param_names(self) -> tuple[str, ...]:
-        inner = self.inner
-        if isinstance(inner, faiss.IndexHNSW):
+        if isinstance(self.inner, faiss.IndexHNSW):
             return ("efSearch",)
-        if isinstance(inner, faiss.IndexIVF):
-            return ("nprobe",)
-        return ()
+        if isinstance(self.inner, faiss.IndexRefine):
+            return ("nprobe", "k_factor")
+        return ("nprobe",) if self.ivf is not None else ()
 
     def memory_bytes(self) -> int:
         inner, total = self.inner, 8 * len(self._ids)
         if inner is not self.index:
             total += 24 * self.index.ntotal  # id map and its reverse hash map
+        if isinstance(inner, faiss.IndexRefine):
+            refine = faiss.downcast_index(inner.refine_index)
+            total += refine.code_size * refine.ntotal
+            inner = self.ivf
         if isinstance(inner, faiss.IndexHNSW):
             storage = faiss.downcast_index(inner.storage)
             total += storage.code_size * storage.ntotal + 4 * inner.hnsw.neighbors.size() + 12 * inner.ntotal
@@ -120,7 +136,7 @@ class FaissIndex(VectorIndex):
         present = ids[np.isin(ids, self._ids)]
         if not len(present):
             return 0
-        if isinstance(self.inner, faiss.IndexHNSW):
+        if isinstance(self.inner, (faiss.IndexHNSW, faiss.IndexRefine)):
             self._dead = np.union1d(self._dead, present)
             if len(self._dead) > _DEAD_FRACTION_REBUILD * self.index.ntotal:
                 self._rebuild_without_dead()
@@ -130,12 +146,13 @@ class FaissIndex(VectorIndex):
         return len(present)
 
     def _rebuild_without_dead(self) -> None:
-        """A fresh graph from the live stored vectors (HNSW cannot delete in place)."""
+        """A fresh index from the live stored vectors (HNSW and refined indexes cannot delete in place)."""
         labels = faiss.vector_to_array(self.index.id_map)
         live = ~np.isin(labels, self._dead)
         vectors = self.inner.reconstruct_n(0, self.index.ntotal)[live]
         log.info("rebuilding %s graph without %d removed vectors", self.spec, len(self._dead))
         fresh = FaissIndex.create(self.spec, self.dim)
+        fresh.train(vectors)
         fresh.index.add_with_ids(vectors, labels[live])
         self.index, self._dead = fresh.index, np.empty(0, dtype=np.int64)
 
@@ -160,25 +177,37 @@ class FaissIndex(VectorIndex):
             dead = faiss.IDSelectorNot(_batch_selector(self._dead, keep))
             keep.append(dead)
             selector = dead if selector is None else faiss.IDSelectorAnd(selector, dead)
-        search_params = self._search_parameters(params, widen)
+        search_params, where = self._search_parameters(params, widen, keep)
         if selector is not None:
-            search_params.sel = selector
+            if where is not search_params:  # a refined index filters in its base, which sees positions
+                selector = faiss.IDSelectorTranslated(self.index.id_map, selector)
+                keep.append(selector)
+            where.sel = selector
         scores, ids = self.index.search(queries, k, params=search_params)
         return scores, ids, ids
 
-    def _search_parameters(self, values: dict[str, float], widen: float) -> faiss.SearchParameters:
-        """Faiss parameters for one search; `widen` (1 / share of ids a filter keeps) scales nprobe and
-        efSearch so a filtered search still meets about as many allowed candidates as an open one."""
-        inner = self.inner
+    def _search_parameters(
+        self, values: dict[str, float], widen: float, keep: list[Any]
+    ) -> tuple[faiss.SearchParameters, faiss.SearchParameters]:
+        """Faiss parameters for one search and the part that takes a selector; `widen` (1 / share of
+        ids a filter keeps) scales nprobe and efSearch so a filtered search still meets about as many
+        allowed candidates as an open one."""
+        inner, ivf = self.inner, self.ivf
         if isinstance(inner, faiss.IndexHNSW):
             params = faiss.SearchParametersHNSW()
             params.efSearch = math.ceil(values.get("efSearch", inner.hnsw.efSearch) * widen)
-        elif isinstance(inner, faiss.IndexIVF):
+        elif ivf is not None:
             params = faiss.SearchParametersIVF()
-            params.nprobe = min(inner.nlist, math.ceil(values.get("nprobe", inner.nprobe) * widen))
+            params.nprobe = min(ivf.nlist, math.ceil(values.get("nprobe", ivf.nprobe) * widen))
         else:
             params = faiss.SearchParameters()
-        return params
+        if not isinstance(inner, faiss.IndexRefine):
+            return params, params
+        refine = faiss.IndexRefineSearchParameters()
+        refine.k_factor = float(values.get("k_factor", inner.k_factor))
+        refine.base_index_params = params
+        keep.append(params)
+        return refine, params
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -198,6 +227,10 @@ class FaissIndex(VectorIndex):
         loaded = cls(index, header["spec"], header.get("params", ""), ids)
         loaded._dead = dead
         return loaded
+
+
+def _default_nprobe(ivf: faiss.IndexIVF) -> str:
+    return f"nprobe={min(ivf.nlist, max(DEFAULT_MIN_NPROBE, ivf.nlist // 16))}"
 
 
 def _batch_selector(ids: np.ndarray, keep: list[Any]) -> faiss.IDSelector:

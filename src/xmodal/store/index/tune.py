@@ -49,7 +49,7 @@ def sweep(index: VectorIndex) -> list[str]:
     """The settings tried for this index, cheapest first ([""] when there is nothing to tune)."""
     names = index.search_param_names()
     if "nprobe" in names:
-        nlist = index.inner.nlist
+        nlist = index.ivf.nlist
         values = sorted({min(nlist, 2**i) for i in range(int(np.log2(nlist)) + 2)})
         return [f"nprobe={v}" for v in values]
     if "efSearch" in names:
