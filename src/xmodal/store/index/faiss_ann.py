@@ -150,7 +150,7 @@ class FaissIndex(VectorIndex):
         labels = faiss.vector_to_array(self.index.id_map)
         live = ~np.isin(labels, self._dead)
         vectors = self.inner.reconstruct_n(0, self.index.ntotal)[live]
-        log.info("rebuilding %s graph without %d removed vectors", self.spec, len(self._dead))
+        log.info("rebuilding %s without its %d removed vectors", self.spec, len(self._dead))
         fresh = FaissIndex.create(self.spec, self.dim)
         fresh.train(vectors)
         fresh.index.add_with_ids(vectors, labels[live])
