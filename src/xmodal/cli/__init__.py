@@ -8,6 +8,7 @@ import os
 import typer
 
 from xmodal.cli import eval as eval_cli
+from xmodal.cli import library as library_cli
 from xmodal.cli import models as models_cli
 from xmodal.cli.console import err_console
 from xmodal.errors import XmodalError
@@ -20,6 +21,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models_cli.app, name="models")
+app.command("index")(library_cli.index)
+app.command("search")(library_cli.search)
+app.command("status")(library_cli.status)
 app.command("eval")(eval_cli.evaluate)
 app.command("zeroshot")(eval_cli.zeroshot)
 

@@ -183,10 +183,10 @@ class Catalog:
     @contextmanager
     def transaction(self, bump: bool = True) -> Iterator[int]:
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); yields the revision rows written in
-        it should carry."""
+        it should carry (-1 when `bump` is off: for writes that change no item)."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            revision = self.revision() + (1 if bump else 0)
+            revision = self.revision() + 1 if bump else -1
             if bump:
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (str(revision),))
             yield revision
