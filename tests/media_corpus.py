@@ -68,7 +68,7 @@ def make_bad_corpus(root: Path) -> dict[str, str | None]:
     expected["bomb.png"] = "decompression bomb"
     Image.new("CMYK", (32, 32), (0, 128, 255, 10)).save(root / "cmyk.jpg")
     expected["cmyk.jpg"] = "ok"
-    Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)).save(root / "deep16.png")
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).save(root / "deep16.png")
     expected["deep16.png"] = "ok"
     palette = Image.new("P", (32, 32), 3)
     palette.info["transparency"] = 3
@@ -104,3 +104,23 @@ def make_bad_corpus(root: Path) -> dict[str, str | None]:
     (root / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
     expected["clip.mp4"] = "pending"
     return expected
+
+
+def count_model_calls(encoder) -> list[int]:
+    """Wrap `encoder.embed_pixels` (the only way images reach the model) to record batch sizes."""
+    calls: list[int] = []
+    original = encoder.embed_pixels
+
+    def counted(pixels):
+        calls.append(len(pixels))
+        return original(pixels)
+
+    encoder.embed_pixels = counted
+    return calls
+
+
+def with_exif_date(img: Image.Image, when: str) -> Image.Exif:
+    """EXIF with DateTimeOriginal = `when` ('YYYY:MM:DD HH:MM:SS')."""
+    exif = img.getexif()
+    exif.get_ifd(0x8769)[0x9003] = when
+    return exif

@@ -46,7 +46,7 @@ from xmodal.search import (
 )
 from xmodal.store.catalog import Catalog, ModelRecord
 from xmodal.store.ingest import IndexReport, IngestConfig, ingest
-from xmodal.store.vector_index import VectorIndex, build_index, tune_index
+from xmodal.store.vector_index import TuneReport, VectorIndex, build_index, choose_spec, tune_index
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,17 @@ class Library:
         self._build(record)
         return self._index_info(record)
 
-    def tune(self, model: str | os.PathLike | Encoder | None = None, target_recall: float = 0.95, k: int = 10):
+    def tune(
+        self, model: str | os.PathLike | Encoder | None = None, target_recall: float = 0.95, k: int = 10
+    ) -> TuneReport:
         """Pick the ANN search parameters (nprobe / efSearch) that reach `target_recall` recall@k
         against exact search, and remember them for this model's searches."""
         record = self._model_record(model)
         index = self._index_of(record)
         _, vectors = self.catalog.vectors(record.key)
         report = tune_index(index, vectors, target_recall=target_recall, k=k)
-        self.catalog.update_model(record.key, search_params=report.params)
+        self.catalog.update_model(record.key, search_params=report.chosen or None)
+        self._save(self.catalog.model(record.key), index, self._indexes[record.key][0])
         return report
 
     def prune(self) -> int:
@@ -170,9 +173,7 @@ class Library:
         index = self._index_of(record)
         if len(index) == 0 or (allowed is not None and len(allowed) == 0):
             return SearchResults([], floor, None)
-        scores, ids = index.search(
-            vector[None, :], candidates_for(k, decay_days is not None), allowed=allowed, params=record.search_params
-        )
+        scores, ids = index.search(vector[None, :], candidates_for(k, decay_days is not None), allowed=allowed)
         return self._results(scores[0], ids[0], k, floor, decay_days)
 
     def _results(
@@ -356,6 +357,8 @@ class Library:
         if len(add):
             ids, vectors = self.catalog.vectors(record.key, add)
             index.add(ids, vectors)
+        if record.index_spec == "auto" and choose_spec(len(wanted)) != index.spec:
+            return self._build(record)  # grew past (or shrank below) the exact-search threshold
         if len(index) != len(wanted):
             log.warning("the %s index disagrees with the catalog after catching up; rebuilding", record.name)
             return self._build(record)
@@ -368,6 +371,7 @@ class Library:
         if len(ids) == 0:
             vectors = np.zeros((0, record.dim), dtype=np.float32)
         index = build_index(ids, vectors, spec=record.index_spec)
+        index.params = record.search_params or ""
         self._save(record, index, revision)
         return index
 
