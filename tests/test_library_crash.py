@@ -60,10 +60,12 @@ def test_kill_9_then_rerun_is_consistent_and_complete(tmp_path: Path, clip_model
     make_photo_tree(tree, N_FILES)
     library = tmp_path / "lib"
     catalog = library / "catalog.sqlite"
-    done = 0
+    done, seen = 0, []
     for point in kill_points:  # before the first commit, early, late; each kill resumes the last
         done = kill_when(start_index(tree, library, clip_model_dir), catalog, max(point, done + 1) if point else 0)
+        seen.append(done)
         assert done < N_FILES
+    assert seen[-1] > seen[0]  # the kills did land at different points of the work
     encoder = xmodal.load_model(clip_model_dir)
     calls = count_model_calls(encoder)
     with Library(library) as lib:

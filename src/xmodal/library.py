@@ -44,14 +44,13 @@ from xmodal.search import (
     parse_query,
     query_vector,
 )
-from xmodal.store.catalog import Catalog, ModelRecord
+from xmodal.store.catalog import ITEM_TYPES, Catalog, ModelRecord
 from xmodal.store.ingest import IndexReport, IngestConfig, ingest
 from xmodal.store.vector_index import TuneReport, VectorIndex, build_index, choose_spec, tune_index
 
 log = logging.getLogger(__name__)
 
 CATALOG_FILE = "catalog.sqlite"
-ITEM_TYPES = ("image", "video")
 
 
 class Library:

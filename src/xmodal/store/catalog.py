@@ -321,9 +321,6 @@ class Catalog:
         rows = self.conn.execute(" ".join(sql) + " ORDER BY i.id", args)
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
-    def paths_of(self, ids: np.ndarray) -> list[tuple[int, str]]:
-        return [(i, r.path) for i, r in self.items_by_id(ids.tolist()).items()]
-
     # -- vectors ----------------------------------------------------------------------------
     def vectors(self, model_key: str, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, float32 vectors) of indexed items that have an embedding of `model_key`,
