@@ -41,7 +41,9 @@ def start_index(tree: Path, library: Path, model: Path) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def kill_when(proc: subprocess.Popen, catalog: Path, at_least: int, timeout: float = 60) -> int:
+def kill_when(
+    proc: subprocess.Popen, catalog: Path, at_least: int, timeout: float = 60, sig: int = signal.SIGKILL
+) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if catalog.exists() and committed_ok(catalog) >= at_least:
@@ -49,8 +51,9 @@ def kill_when(proc: subprocess.Popen, catalog: Path, at_least: int, timeout: flo
         time.sleep(0.005)
     if proc.poll() is not None:
         pytest.fail(f"indexing ended before the kill point: {proc.stderr.read().decode()[-2000:]}")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, sig)
+    code = proc.wait()
+    assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), proc.stderr.read().decode()[-2000:]
     return committed_ok(catalog)
 
 
@@ -74,3 +77,19 @@ def test_kill_9_then_rerun_is_consistent_and_complete(tmp_path: Path, clip_model
         assert report.added == N_FILES - done and report.unchanged == done and report.failed == []
         check_consistent(lib, image_files(tree))
         assert len(lib.search(text="x", k=N_FILES, min_score=-1)) == N_FILES
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_work(tmp_path: Path, clip_model_dir: Path):
+    tree = tmp_path / "photos"
+    make_photo_tree(tree, 120)
+    library = tmp_path / "lib"
+    done = kill_when(start_index(tree, library, clip_model_dir), library / "catalog.sqlite", 20, sig=signal.SIGINT)
+    assert 20 <= done < 120
+    encoder = xmodal.load_model(clip_model_dir)
+    calls = count_model_calls(encoder)
+    with Library(library) as lib:
+        index_info = lib.status()["index"][encoder.name]
+        assert index_info["size"] == done and index_info["up_to_date"]  # the interrupted run saved its index
+        report = lib.index([tree], model=encoder)
+        assert sum(calls) == 120 - done and report.unchanged == done
+        check_consistent(lib, image_files(tree))

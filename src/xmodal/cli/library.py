@@ -71,8 +71,7 @@ def index(
         elif not tune:
             raise typer.BadParameter("give PATHS to index, or --tune / --index to work on the index only")
         if tune and not (report and report.interrupted):
-            result = lib.tune(model, target_recall=target_recall)
-            _say(f"tuned: {result}")
+            _print_tune(lib.tune(model, target_recall=target_recall))
     if report is not None:
         if report.interrupted:
             raise typer.Exit(130)
@@ -91,6 +90,18 @@ def _print_report(report) -> None:
     if report.interrupted:
         err_console.print("[yellow]interrupted[/]: the work done so far is saved; run the same command to finish")
     _say(report.summary())
+
+
+def _print_tune(report) -> None:
+    if not report.chosen:
+        _say(f"index {report.spec}: exact search, nothing to tune")
+        return
+    recall = {s.params: s for s in report.settings}[report.chosen]
+    verdict = "meets" if report.met else "best reachable, below"
+    _say(
+        f"index {report.spec}: {report.chosen} -> recall@{report.k} {recall.recall:.3f} ({verdict} the target "
+        f"{report.target_recall}), {recall.qps:,.0f} queries/s vs exact {report.exact_qps:,.0f}"
+    )
 
 
 def search(
