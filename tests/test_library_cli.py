@@ -79,3 +79,14 @@ def test_help_texts():
         assert "--library" in run(command, "--help")
     assert "--target-recall" in run("index", "--help")
     assert "--decay-days" in run("search", "--help")
+
+
+def test_index_spec_and_tune(tmp_path: Path, clip_model_dir: Path):
+    make_photo_tree(tmp_path / "photos", 60)
+    library = tmp_path / "lib"
+    run("index", tmp_path / "photos", "--library", library, "--model", clip_model_dir, "--index", "HNSW32", "-q")
+    out = run("index", "--tune", "--target-recall", "0.9", "--library", library)
+    assert out.startswith("index HNSW32: efSearch=") and "recall@10" in out
+    status = json.loads(run("status", "--library", library, "--json"))
+    (info,) = status["index"].values()
+    assert info["spec"] == "HNSW32" and info["search_params"].startswith("efSearch=") and info["size"] == 60

@@ -214,3 +214,19 @@ def test_newer_catalog_schema_is_refused(tmp_path: Path):
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(LibraryError, match="newer than this xmodal"):
         Library(tmp_path / "lib")
+
+
+def test_prune_drops_only_unreferenced_embeddings(tmp_path: Path, encoder):
+    tree = tmp_path / "photos"
+    paths = make_photo_tree(tree, 10)
+    with Library(tmp_path / "lib") as lib:
+        lib.index([tree], model=encoder)
+        for path in paths[:3]:
+            path.unlink()
+        paths[3].rename(tree / "moved.png" if paths[3].suffix == ".png" else tree / "moved.jpg")
+        lib.index([tree], model=encoder)
+        (model,) = lib.catalog.models()
+        assert lib.catalog.embeddings.count(model.key) == 10  # kept: a re-added file costs no model call
+        assert lib.prune() == 3
+        assert lib.catalog.embeddings.count(model.key) == 7
+        check_consistent(lib, image_files(tree))

@@ -324,24 +324,32 @@ class Library:
         return state if isinstance(state, dict) and state.get("model_key") == model_key else None
 
     def _index_of(self, record: ModelRecord) -> VectorIndex:
-        """The model's index, consistent with the catalog's current revision."""
+        """The model's index, consistent with the catalog's current revision: the one in memory or
+        on disk caught up with the rows changed since it was saved, else rebuilt from the catalog."""
         revision = self.catalog.revision()
         cached = self._indexes.get(record.key)
-        if cached and cached[0] == revision:
-            return cached[1]
-        state = self._read_state(record.key)
-        index = None
-        if state is not None and state.get("spec_setting") == record.index_spec:
-            try:
-                index = cached[1] if cached else VectorIndex.load(self._index_dir(record.key) / "index")
-            except XmodalError as exc:
-                log.warning("rebuilding the %s index from the catalog: %s", record.name, exc)
-        if index is None:
-            return self._build(record)
-        if state["revision"] != revision:
-            index = self._catch_up(record, index, state["revision"])
+        if cached is not None:
+            index, since = cached[1], cached[0]
+        else:
+            index, since = self._load(record)
+            if index is None:
+                return self._build(record)
+        if since != revision:
+            index = self._catch_up(record, index, since)
         self._indexes[record.key] = (revision, index)
         return index
+
+    def _load(self, record: ModelRecord) -> tuple[VectorIndex | None, int]:
+        """The saved index and the catalog revision it reflects; (None, -1) when it is missing, was
+        built with another spec setting, or fails its checks."""
+        state = self._read_state(record.key)
+        if state is None or state.get("spec_setting") != record.index_spec:
+            return None, -1
+        try:
+            return VectorIndex.load(self._index_dir(record.key) / "index"), int(state["revision"])
+        except XmodalError as exc:
+            log.warning("rebuilding the %s index from the catalog: %s", record.name, exc)
+            return None, -1
 
     def _catch_up(self, record: ModelRecord, index: VectorIndex, since: int) -> VectorIndex:
         """Apply the catalog changes after revision `since` to `index` and save it."""

@@ -34,6 +34,7 @@ import numpy as np
 from xmodal.errors import InvalidArgumentError
 from xmodal.media.walk import image_extensions
 from xmodal.models.encoder import Encoder, l2_normalize
+from xmodal.store.catalog import display_path
 
 FAMILY_MIN_SCORE: dict[str, float | None] = {
     "clip": 0.20,
@@ -69,8 +70,6 @@ class Hit:
     timestamp: float | None = None  # for videos: the best-matching moment, in seconds
 
     def to_dict(self) -> dict:
-        from xmodal.store.catalog import display_path
-
         return {
             "rank": self.rank,
             "path": display_path(self.path),
