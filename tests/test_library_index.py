@@ -178,9 +178,10 @@ def test_interrupt_keeps_committed_work(tmp_path: Path, encoder):
     config = IngestConfig(batch_size=8, workers=1)
     with Library(tmp_path / "lib") as lib:
         report = lib.index([tree], model=encoder, config=config)
-        assert report.interrupted and report.encoded == 16 and report.added == 16
+        done = seen[0] + seen[1]  # the batches encoded before the interrupt (partial ones when decoding lags)
+        assert report.interrupted and report.encoded == done and report.added == done
         committed = lib.status()["items"]["image"]
-        assert committed == 16
+        assert committed == done
 
         encoder.embed_pixels = original
         calls = count_model_calls(encoder)

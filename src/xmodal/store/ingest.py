@@ -38,8 +38,9 @@ VIDEO_PENDING = "video indexing is not supported by this version yet (recorded; 
 @dataclass(frozen=True)
 class IngestConfig:
     """Batching and parallelism: `workers` decode threads (default: one per CPU) run ahead of the
-    encoder by two batches; rows are committed with each encoded batch and at least every
-    `commit_seconds`."""
+    encoder by two batches; the encoder takes up to `batch_size` images at a time (fewer when it
+    would otherwise wait for decoding); rows are committed with each encoded batch and at least
+    every `commit_seconds`."""
 
     batch_size: int = 32
     workers: int | None = None
@@ -191,7 +192,9 @@ def _process(
     workers = config.workers or os.cpu_count() or 2
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xmodal-decode")
     try:
-        prepared = bounded_map(pool, lambda job: _prepare(job, encoder, embedded), jobs, ahead=2 * config.batch_size)
+        prepared = bounded_map(
+            pool, lambda job: _prepare(job, encoder, embedded), jobs, 2 * config.batch_size, writer.on_wait
+        )
         for item in prepared:
             writer.add(item)
         writer.flush(encode=True)
@@ -225,6 +228,12 @@ class _BatchWriter:
             self.flush(encode=True)
         elif time.monotonic() - self.last_commit >= self.config.commit_seconds:
             self.flush(encode=False)
+
+    def on_wait(self) -> None:
+        """The next file is still being decoded: keep the encoder busy with a partial batch (at
+        least a quarter of one) rather than idle; full batches return once decoding keeps up."""
+        if len(self.batch) >= max(1, self.config.batch_size // 4):
+            self.flush(encode=True)
 
     def flush(self, encode: bool) -> None:
         if encode and self.batch:
