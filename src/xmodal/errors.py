@@ -74,3 +74,20 @@ def describe_item(item: object) -> str:
     if isinstance(item, (bytes, bytearray)):
         return f"<{len(item)} bytes>"
     return f"<{type(item).__name__}>"
+
+
+class IndexFileError(LibraryError):
+    """A saved vector index cannot be served; the library rebuilds it from the catalog."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class IndexCorruptError(IndexFileError):
+    """The index file is truncated, fails its checksums or cannot be parsed."""
+
+
+class StaleIndexError(IndexFileError):
+    """The index file is intact but holds other item ids than the catalog."""

@@ -1,0 +1,201 @@
+"""Faiss indexes named by index-factory strings ("Flat", "HNSW32", "IVF1024,Flat", "IVF1024,PQ32").
+
+Labels inside Faiss are the caller's int64 ids: IVF indexes take ids natively, the others sit in an
+`IndexIDMap2`. HNSW graphs cannot delete, so removed ids become tombstones filtered out at search
+time and the graph is rebuilt from its own stored vectors once a quarter of it is dead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import faiss
+import numpy as np
+
+from xmodal.errors import InvalidArgumentError
+from xmodal.store.index.base import VectorIndex
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = "Flat, HNSW<M>[,Flat|SQfp16|SQ8], IVF<nlist>,Flat|SQfp16|SQ8|PQ<m> (Faiss index-factory strings)"
+DEFAULT_EF_SEARCH = 128  # defaults until tune_index measures better ones
+DEFAULT_MIN_NPROBE = 8  # IVF default nprobe: nlist / 16, at least this
+_DEAD_FRACTION_REBUILD = 0.25
+_FILTER_EXACT_SHARE = 0.05  # a filter keeping at most this share of an HNSW index is scored exactly
+
+
+class FaissIndex(VectorIndex):
+    """An approximate (or, for "Flat", exact float32) Faiss index with the VectorIndex surface."""
+
+    kind = "faiss"
+
+    def __init__(self, index: faiss.Index, spec: str, params: str = "", ids: np.ndarray | None = None):
+        super().__init__(spec, index.d, params)
+        self.index = index
+        self._ids = np.empty(0, dtype=np.int64) if ids is None else ids
+        self._dead = np.empty(0, dtype=np.int64)  # tombstones (HNSW only)
+
+    @classmethod
+    def create(cls, spec: str, dim: int) -> FaissIndex:
+        """An empty (untrained, for IVF) index for `spec` with sensible default search parameters."""
+        try:
+            inner = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as error:
+            raise InvalidArgumentError("index spec", spec, SUPPORTED) from error
+        if isinstance(inner, faiss.IndexIVF):
+            return cls(inner, spec, f"nprobe={min(inner.nlist, max(DEFAULT_MIN_NPROBE, inner.nlist // 16))}")
+        if isinstance(inner, faiss.IndexHNSW):
+            return cls(faiss.IndexIDMap2(inner), spec, f"efSearch={DEFAULT_EF_SEARCH}")
+        if isinstance(inner, faiss.IndexFlat):
+            return cls(faiss.IndexIDMap2(inner), spec)
+        raise InvalidArgumentError("index spec", spec, SUPPORTED)
+
+    @property
+    def inner(self) -> faiss.Index:
+        """The index doing the work (inside the id map when there is one)."""
+        if isinstance(self.index, faiss.IndexIDMap2):
+            return faiss.downcast_index(self.index.index)
+        return self.index
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Train IVF centroids / PQ codebooks on `vectors` (no-op for indexes without training)."""
+        if self.index.is_trained:
+            return
+        try:
+            self.index.train(self._as_vectors(vectors, "vectors"))
+        except RuntimeError as error:
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else "training failed"
+            raise InvalidArgumentError(
+                "index spec", self.spec, f"enough training vectors for it ({len(vectors)} given: {reason})"
+            ) from error
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids.copy()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def search_param_names(self) -> tuple[str, ...]:
+        inner = self.inner
+        if isinstance(inner, faiss.IndexHNSW):
+            return ("efSearch",)
+        if isinstance(inner, faiss.IndexIVF):
+            return ("nprobe",)
+        return ()
+
+    def memory_bytes(self) -> int:
+        inner, total = self.inner, 8 * len(self._ids)
+        if inner is not self.index:
+            total += 24 * self.index.ntotal  # id map and its reverse hash map
+        if isinstance(inner, faiss.IndexHNSW):
+            storage = faiss.downcast_index(inner.storage)
+            total += storage.code_size * storage.ntotal + 4 * inner.hnsw.neighbors.size() + 12 * inner.ntotal
+        elif isinstance(inner, faiss.IndexIVF):
+            total += (inner.code_size + 8) * inner.ntotal + 4 * inner.d * inner.nlist
+        else:
+            total += inner.code_size * inner.ntotal
+        return total
+
+    # --- changes ------------------------------------------------------------------------------
+
+    def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not self.index.is_trained:
+            raise InvalidArgumentError("index", self.spec, "a trained index (build it with build_index)")
+        self.index.add_with_ids(vectors, ids)
+        self._ids = np.concatenate([self._ids, ids])
+
+    def _remove(self, ids: np.ndarray) -> int:
+        present = ids[np.isin(ids, self._ids)]
+        if not len(present):
+            return 0
+        if isinstance(self.inner, faiss.IndexHNSW):
+            self._dead = np.union1d(self._dead, present)
+            if len(self._dead) > _DEAD_FRACTION_REBUILD * self.index.ntotal:
+                self._rebuild_without_dead()
+        else:
+            self.index.remove_ids(faiss.IDSelectorBatch(len(present), faiss.swig_ptr(present)))
+        self._ids = self._ids[~np.isin(self._ids, present)]
+        return len(present)
+
+    def _rebuild_without_dead(self) -> None:
+        """A fresh graph from the live stored vectors (HNSW cannot delete in place)."""
+        labels = faiss.vector_to_array(self.index.id_map)
+        live = ~np.isin(labels, self._dead)
+        vectors = self.inner.reconstruct_n(0, self.index.ntotal)[live]
+        log.info("rebuilding %s graph without %d removed vectors", self.spec, len(self._dead))
+        fresh = FaissIndex.create(self.spec, self.dim)
+        fresh.index.add_with_ids(vectors, labels[live])
+        self.index, self._dead = fresh.index, np.empty(0, dtype=np.int64)
+
+    # --- search -------------------------------------------------------------------------------
+
+    def _search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, params: dict[str, float]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        keep: list[Any] = []  # Faiss holds raw pointers to these selectors during the search
+        selector, widen = None, 1.0
+        if allowed is not None:
+            allowed = allowed[np.isin(allowed, self._ids)]
+            share = len(allowed) / len(self)
+            if isinstance(self.index, faiss.IndexIDMap2) and share <= _FILTER_EXACT_SHARE:
+                # graph walks lose their way on sparse filters: score the few allowed vectors directly
+                rows = self.index.reconstruct_batch(allowed) if len(allowed) else np.empty((0, self.dim), np.float32)
+                scores = queries @ rows.T
+                found = np.broadcast_to(allowed, scores.shape)
+                return scores, found, found
+            selector, widen = _batch_selector(allowed, keep), 1 / share
+        if len(self._dead):
+            dead = faiss.IDSelectorNot(_batch_selector(self._dead, keep))
+            keep.append(dead)
+            selector = dead if selector is None else faiss.IDSelectorAnd(selector, dead)
+        search_params = self._search_parameters(params, widen)
+        if selector is not None:
+            search_params.sel = selector
+        scores, ids = self.index.search(queries, k, params=search_params)
+        return scores, ids, ids
+
+    def _search_parameters(self, values: dict[str, float], widen: float) -> faiss.SearchParameters:
+        """Faiss parameters for one search; `widen` (1 / share of ids a filter keeps) scales nprobe and
+        efSearch so a filtered search still meets about as many allowed candidates as an open one."""
+        inner = self.inner
+        if isinstance(inner, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = math.ceil(values.get("efSearch", inner.hnsw.efSearch) * widen)
+        elif isinstance(inner, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF()
+            params.nprobe = min(inner.nlist, math.ceil(values.get("nprobe", inner.nprobe) * widen))
+        else:
+            params = faiss.SearchParameters()
+        return params
+
+    # --- persistence --------------------------------------------------------------------------
+
+    def _write_payload(self, write: Callable[[bytes], Any]) -> dict[str, Any]:
+        write(struct.pack("<Q", len(self._dead)))
+        write(self._dead.astype("<i8").tobytes())
+        faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))
+        return {}
+
+    @classmethod
+    def _from_payload(cls, header: dict[str, Any], ids: np.ndarray, read: Callable[[int], bytes]) -> FaissIndex:
+        (n_dead,) = struct.unpack("<Q", read(8))
+        dead = np.frombuffer(read(8 * n_dead), dtype="<i8").astype(np.int64)
+        index = faiss.read_index(faiss.PyCallbackIOReader(read))
+        if index.d != header["dim"] or index.ntotal != len(ids) + len(dead):
+            raise ValueError(f"Faiss index holds {index.ntotal} vectors of dim {index.d}")
+        loaded = cls(index, header["spec"], header.get("params", ""), ids)
+        loaded._dead = dead
+        return loaded
+
+
+def _batch_selector(ids: np.ndarray, keep: list[Any]) -> faiss.IDSelector:
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    keep.append(ids)
+    selector = faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))
+    keep.append(selector)
+    return selector
