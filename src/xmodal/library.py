@@ -282,7 +282,7 @@ class Library:
         records = self.catalog.models()
         if not records:
             raise LibraryError(
-                f"{self.folder}: the library has no indexed items yet; run `xmodal index PATH --model M`"
+                f"{self.folder}: the library has no model yet; index with one first: xmodal index PATH --model NAME|DIR"
             )
         if model is None:
             return records[0]

@@ -77,7 +77,7 @@ class Hit:
             "similarity": round(self.similarity, 6),
             "item_id": self.item_id,
             "type": self.type,
-            "taken_at": self.taken_at.isoformat() if self.taken_at else None,
+            "taken_at": self.taken_at.isoformat(timespec="seconds") if self.taken_at else None,
             "timestamp": self.timestamp,
         }
 

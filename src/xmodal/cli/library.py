@@ -34,7 +34,9 @@ def index(
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Follow symbolic links (loop-safe)."),
     hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and folders."),
     index_spec: str = typer.Option(
-        None, "--index", help="Vector index: auto (default), exact, Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32."
+        None,
+        "--index",
+        help="Vector index: auto (default), exact, exact,fp32, Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32 (any Faiss factory string).",
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per encoder call."),
     workers: int = typer.Option(None, "--workers", help="Decode threads (default: one per CPU)."),
@@ -157,7 +159,8 @@ def search(
     if not results:
         _say("no results")
         return
-    table = Table("rank", "score", "id", "type", "taken at", "path")
+    table = Table("rank", "score", "id", "type", "taken at")
+    table.add_column("path", overflow="fold")  # never cut: a path is what the user came for
     for hit in results:
         row = hit.to_dict()
         table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.item_id), hit.type, row["taken_at"] or "", row["path"])
