@@ -10,7 +10,7 @@ via ONNX Runtime):
 * seed 002's naive loop: `Image.open(p).convert("RGB")` at full resolution, preprocess, encode
   one image at a time.
 
-    python benchmarks/ingest.py [--images 48] [--work DIR] [--precision auto|fp32|int8|bf16]
+    python benchmarks/ingest.py [--images 48] [--rounds 2] [--work DIR] [--precision auto|fp32|int8|bf16]
 
 Goals (issue 4): end to end >= 0.85x the encoder alone, >= 4x the naive loop. Needs the [torch]
 extra to build the model (once; `--work` keeps it and the JPEGs between runs).
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--naive-images", type=int, default=16, help="the naive loop is slow: a subset")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--work", type=Path, help="keep the model and photos here between runs")
     args = parser.parse_args()
 
@@ -163,11 +164,13 @@ def main() -> None:
     encoder = xmodal.load_model(folder, precision=precision)
     print(f"{len(paths)} JPEGs {WIDTH}x{HEIGHT} ({mb:.1f} MB each), batch {args.batch}, {os.cpu_count()} CPUs")
 
-    e2e, summary = ingest_rate(folder, work / "photos", work, precision, args.batch)
-    alone = encoder_rate(encoder, pixels, args.batch)
-    naive = naive_rate(encoder, paths[: args.naive_images])
-    e2e_again, _ = ingest_rate(folder, work / "photos", work, precision, args.batch)
-    e2e = max(e2e, e2e_again)
+    rounds = {"e2e": [], "alone": [], "naive": []}
+    for _ in range(args.rounds):  # interleaved, best of each: the machine is shared, load comes and goes
+        e2e_rate, summary = ingest_rate(folder, work / "photos", work, precision, args.batch)
+        rounds["e2e"].append(e2e_rate)
+        rounds["alone"].append(encoder_rate(encoder, pixels, args.batch))
+        rounds["naive"].append(naive_rate(encoder, paths[: args.naive_images]))
+    e2e, alone, naive = (max(rounds[key]) for key in ("e2e", "alone", "naive"))
     decode = prepare_ms(encoder, paths[:8])
     encode = 1000 * (os.cpu_count() or 1) / alone  # the encoder keeps every core busy
     bound = encode / (encode + decode)
@@ -176,7 +179,7 @@ def main() -> None:
     print(f"bound when both share all cores:     {bound:.2f}x encoder alone = encode / (encode + decode)")
     print(f"Library.index end to end:            {e2e:6.1f} img/s  = {e2e / alone:.2f}x encoder alone (goal >= 0.85)")
     print(f"naive loop (seed 002):               {naive:6.1f} img/s  -> end to end is {e2e / naive:.2f}x (goal >= 4)")
-    print(f"last index run: {summary}")
+    print(f"last index run: {summary}; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
