@@ -120,8 +120,9 @@ def ingest(
     embedded = frozenset(catalog.embedded_hashes(encoder.model_key))
     jobs, rows = _plan(found, existing, embedded, roots_abs, report)
     _remove_missing(catalog, found, existing, report)
-    with catalog.transaction() as revision:
-        catalog.upsert_items(rows, revision)
+    if rows:
+        with catalog.transaction() as revision:
+            catalog.upsert_items(rows, revision)
     progress.start("indexing", len(jobs))
     try:
         _process(catalog, encoder, jobs, embedded, config, progress, report)
