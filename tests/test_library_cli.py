@@ -90,3 +90,11 @@ def test_index_spec_and_tune(tmp_path: Path, clip_model_dir: Path):
     status = json.loads(run("status", "--library", library, "--json"))
     (info,) = status["index"].values()
     assert info["spec"] == "HNSW32" and info["search_params"].startswith("efSearch=") and info["size"] == 60
+
+
+def test_library_folder_defaults_to_env(tmp_path: Path):
+    result = runner.invoke(app, ["status", "--json"], env={"XMODAL_LIBRARY": str(tmp_path / "envlib")})
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["library"] == str(tmp_path / "envlib") and status["items"] == {"image": 0, "video": 0}
+    assert (tmp_path / "envlib" / "catalog.sqlite").is_file()
