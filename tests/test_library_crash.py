@@ -88,7 +88,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_work(tmp_path: Path, clip_model_dir:
     encoder = xmodal.load_model(clip_model_dir)
     calls = count_model_calls(encoder)
     with Library(library) as lib:
-        index_info = lib.status()["index"][encoder.name]
+        index_info = lib.status()["index"][encoder.model_key]
         assert index_info["size"] == done and index_info["up_to_date"]  # the interrupted run saved its index
         report = lib.index([tree], model=encoder)
         assert sum(calls) == 120 - done and report.unchanged == done

@@ -147,7 +147,7 @@ def test_exact_and_faiss_flat_identical_and_ann_tuned(tmp_path: Path, clip_model
         for e, f in zip(exact, flat, strict=True):
             assert [h.item_id for h in e] == [h.item_id for h in f]
             assert np.allclose([h.score for h in e], [h.score for h in f], atol=1e-6)
-        assert lib.status()["index"][encoder.name]["spec"] == "Flat"
+        assert lib.status()["index"][encoder.model_key]["spec"] == "Flat"
         lib.rebuild_index(spec="exact")  # float16 storage: same neighbours, scores within fp16 rounding
         half = [lib.search(text=q, k=10, min_score=-1) for q in queries]
         recall = np.mean(
@@ -160,7 +160,7 @@ def test_exact_and_faiss_flat_identical_and_ann_tuned(tmp_path: Path, clip_model
         report = lib.tune(target_recall=0.95)
         assert report.met and report.chosen.startswith("efSearch=")
         assert max(s.recall for s in report.settings if s.params == report.chosen) >= 0.95
-        tuned = lib.status()["index"][encoder.name]
+        tuned = lib.status()["index"][encoder.model_key]
         assert tuned["spec"] == "HNSW32" and tuned["search_params"] == report.chosen
 
 
@@ -171,7 +171,7 @@ def test_corrupt_and_stale_index_files_are_rebuilt(tmp_path: Path, clip_model_di
     with Library(tmp_path / "lib") as lib:
         lib.index([tree], model=encoder, index_spec="exact")
         reference = [h.item_id for h in lib.search(text="x", k=40, min_score=-1)]
-        index_path = Path(lib.status()["index"][encoder.name]["path"])
+        index_path = Path(lib.status()["index"][encoder.model_key]["path"])
 
     data = bytearray(index_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -186,7 +186,17 @@ def test_corrupt_and_stale_index_files_are_rebuilt(tmp_path: Path, clip_model_di
     with Library(tmp_path / "lib") as lib:
         ingest(lib.catalog, encoder, [str(tree)])
         state = json.loads((index_path.parent / "state.json").read_text())
-        assert state["revision"] < lib.catalog.revision() and not lib.status()["index"][encoder.name]["up_to_date"]
+        assert state["revision"] < lib.catalog.revision() and not lib.status()["index"][encoder.model_key]["up_to_date"]
         hits = lib.search(text="x", k=100, min_score=-1)
         assert len(hits) == 44 and all(os.path.exists(h.path) for h in hits)
-        assert lib.status()["index"][encoder.name]["up_to_date"]
+        assert lib.status()["index"][encoder.model_key]["up_to_date"]
+
+
+def test_library_shared_by_threads(indexed):
+    from concurrent.futures import ThreadPoolExecutor
+
+    lib, _, _ = indexed
+    expected = [h.item_id for h in lib.search(text="a red circle", k=5, min_score=-1)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: lib.search(text="a red circle", k=5, min_score=-1), range(8)))
+    assert all([h.item_id for h in r] == expected for r in results)

@@ -15,13 +15,15 @@ one catches up with the rows changed since (never served silently out of date).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -53,6 +55,17 @@ log = logging.getLogger(__name__)
 CATALOG_FILE = "catalog.sqlite"
 
 
+def _locked(method: Callable) -> Callable:
+    """Run a Library method under the library's lock."""
+
+    @functools.wraps(method)
+    def locked(self: Library, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Library:
     """A library folder (created when missing). Use as a context manager or call `close()`."""
 
@@ -65,6 +78,9 @@ class Library:
         self.catalog = Catalog(self.folder / CATALOG_FILE)
         self._encoders: dict[str, Encoder] = {}
         self._indexes: dict[str, tuple[int, VectorIndex]] = {}
+        # One catalog connection, used by one thread at a time: a web server's worker threads may
+        # share a Library (an index run holds the lock until it is done).
+        self._lock = threading.RLock()
 
     def __enter__(self) -> Library:
         return self
@@ -79,6 +95,7 @@ class Library:
         return f"Library({str(self.folder)!r})"
 
     # -- indexing ---------------------------------------------------------------------------
+    @_locked
     def index(
         self,
         paths: Sequence[str | os.PathLike] | str | os.PathLike,
@@ -109,6 +126,7 @@ class Library:
         log.info("indexed %s: %s", list(map(str, paths)), report.summary())
         return report
 
+    @_locked
     def rebuild_index(self, model: str | os.PathLike | Encoder | None = None, spec: str | None = None) -> dict:
         """Build a model's vector index afresh from the catalog (optionally with a new spec)."""
         record = self._model_record(model)
@@ -118,6 +136,7 @@ class Library:
         self._build(record)
         return self._index_info(record)
 
+    @_locked
     def tune(
         self, model: str | os.PathLike | Encoder | None = None, target_recall: float = 0.95, k: int = 10
     ) -> TuneReport:
@@ -131,11 +150,13 @@ class Library:
         self._save(self.catalog.model(record.key), index, self._indexes[record.key][0])
         return report
 
+    @_locked
     def prune(self) -> int:
         """Drop cached embeddings no file refers to any more; returns how many."""
         return self.catalog.prune_embeddings()
 
     # -- searching --------------------------------------------------------------------------
+    @_locked
     def search(
         self,
         text: str | None = None,
@@ -219,6 +240,7 @@ class Library:
         return vectors[0]
 
     # -- status -----------------------------------------------------------------------------
+    @_locked
     def status(self) -> dict:
         """Counts per type and status, models and their indexes (design §7 keys and more)."""
         counts = self.catalog.counts()
@@ -241,10 +263,11 @@ class Library:
                 }
                 for m in models
             ],
-            "index": {m.name: self._index_info(m) for m in models},
+            "index": {m.key: self._index_info(m) for m in models},  # by key: one name may have two precisions
             "catalog": {"path": str(self.catalog.path), "revision": self.catalog.revision()},
         }
 
+    @_locked
     def errors(self) -> list[tuple[str, str]]:
         """(path, reason) of every file recorded as failed."""
         return self.catalog.failures()

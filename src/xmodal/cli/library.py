@@ -187,7 +187,7 @@ def status(
     pending = sum(info["pending"].values())
     _say(f"library {info['library']}: {items}; {info['failed']} failed" + (f"; {pending} pending" if pending else ""))
     for m in info["models"]:
-        idx = info["index"][m["name"]]
+        idx = info["index"][m["key"]]
         state = "up to date" if idx["up_to_date"] else "will catch up on next search"
         _say(
             f"  model {m['name']} ({m['precision']}, dim {m['dim']}): {m['embeddings']} embeddings; "

@@ -144,12 +144,13 @@ def display_path(path: str) -> str:
 
 
 class Catalog:
-    """The catalog database of one library folder. Not thread-safe: one connection per thread."""
+    """The catalog database of one library folder. One connection: callers serialize access
+    (`Library` holds a lock), threads may take turns."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         try:
-            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise LibraryError(f"{self.path}: cannot open the catalog: {exc}") from None
         try:
