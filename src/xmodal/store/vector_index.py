@@ -8,22 +8,19 @@ report = tune_index(index, vectors, target_recall=0.95)    # picks nprobe / efSe
 """
 
 from xmodal.errors import IndexCorruptError, IndexFileError, StaleIndexError
-from xmodal.store.index import (
+from xmodal.store.index.base import PAD_ID, VectorIndex
+from xmodal.store.index.exact import ExactIndex
+from xmodal.store.index.factory import (
     AUTO_ANN_SPEC,
     AUTO_EXACT_MAX,
-    PAD_ID,
-    ExactIndex,
-    FaissIndex,
-    TuneReport,
-    TuneSetting,
-    VectorIndex,
     build_index,
     choose_spec,
     create_index,
     index_file_info,
     load_index,
-    tune_index,
 )
+from xmodal.store.index.faiss_ann import FaissIndex
+from xmodal.store.index.tune import TuneReport, TuneSetting, tune_index
 
 __all__ = [
     "AUTO_ANN_SPEC",

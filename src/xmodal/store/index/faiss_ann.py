@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 SUPPORTED = "Flat, HNSW<M>[,Flat|SQfp16|SQ8], IVF<nlist>,Flat|SQfp16|SQ8|PQ<m> (Faiss index-factory strings)"
 DEFAULT_EF_SEARCH = 128  # defaults until tune_index measures better ones
 DEFAULT_MIN_NPROBE = 8  # IVF default nprobe: nlist / 16, at least this
+_TRAIN_PER_LIST = 64  # IVF training sample: this many vectors per list (Faiss asks for at least 39) ...
+_TRAIN_MIN = 65_536  # ... and at least this many (PQ codebooks have 256 centroids each)
 _DEAD_FRACTION_REBUILD = 0.25
 _FILTER_EXACT_SHARE = 0.05  # a filter keeping at most this share of an HNSW index is scored exactly
 
@@ -65,6 +67,11 @@ class FaissIndex(VectorIndex):
         """Train IVF centroids / PQ codebooks on `vectors` (no-op for indexes without training)."""
         if self.index.is_trained:
             return
+        vectors = np.asarray(vectors)
+        nlist = self.inner.nlist if isinstance(self.inner, faiss.IndexIVF) else 0
+        cap = max(_TRAIN_PER_LIST * nlist, _TRAIN_MIN)
+        if len(vectors) > cap:  # k-means cost grows with the sample; this many per centroid is plenty
+            vectors = vectors[np.sort(np.random.default_rng(0).choice(len(vectors), size=cap, replace=False))]
         try:
             self.index.train(self._as_vectors(vectors, "vectors"))
         except RuntimeError as error:
