@@ -118,11 +118,15 @@ class Library:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         encoder = self._encoder_for_index(model, precision)
-        record = self._register(encoder, index_spec)
+        record = self._register(encoder)
         walk = WalkOptions(tuple(exclude), follow_symlinks, include_hidden)
         report = ingest(self.catalog, encoder, list(paths), walk=walk, config=config, progress=progress)
         self.catalog.update_model(record.key, last_indexed_at=time.time())
-        self._index_of(self.catalog.model(record.key))
+        record = self.catalog.model(record.key)
+        if index_spec is not None and index_spec != record.index_spec:
+            self._build(record, index_spec)
+        else:
+            self._index_of(record)
         log.info("indexed %s: %s", list(map(str, paths)), report.summary())
         return report
 
@@ -130,11 +134,8 @@ class Library:
     def rebuild_index(self, model: str | os.PathLike | Encoder | None = None, spec: str | None = None) -> dict:
         """Build a model's vector index afresh from the catalog (optionally with a new spec)."""
         record = self._model_record(model)
-        if spec is not None:
-            self.catalog.update_model(record.key, index_spec=spec, search_params=None)
-            record = self.catalog.model(record.key)
-        self._build(record)
-        return self._index_info(record)
+        self._build(record, spec)
+        return self._index_info(self.catalog.model(record.key))
 
     @_locked
     def tune(
@@ -281,8 +282,8 @@ class Library:
         encoder = load_model(model, precision=precision)
         return self._encoders.setdefault(encoder.model_key, encoder)
 
-    def _register(self, encoder: Encoder, index_spec: str | None) -> ModelRecord:
-        known = {r.key: r for r in self.catalog.models()}
+    def _register(self, encoder: Encoder) -> ModelRecord:
+        """Add the model to the catalog (index spec "auto" until one is built with another)."""
         record = ModelRecord(
             key=encoder.model_key,
             name=encoder.name,
@@ -290,15 +291,12 @@ class Library:
             precision=encoder.precision,
             family=model_family(encoder),
             dim=encoder.dim,
-            index_spec=index_spec or "auto",
+            index_spec="auto",
             search_params=None,
             last_indexed_at=None,
         )
         self.catalog.register_model(record)
         self._encoders.setdefault(encoder.model_key, encoder)
-        if index_spec is not None and encoder.model_key in known and known[encoder.model_key].index_spec != index_spec:
-            self.catalog.update_model(encoder.model_key, index_spec=index_spec, search_params=None)
-            self._drop_index(encoder.model_key)
         return self.catalog.model(encoder.model_key)
 
     def _model_record(self, model: str | os.PathLike | Encoder | None) -> ModelRecord:
@@ -395,12 +393,24 @@ class Library:
         self._save(record, index, revision)
         return index
 
-    def _build(self, record: ModelRecord) -> VectorIndex:
+    def _build(self, record: ModelRecord, spec: str | None = None) -> VectorIndex:
+        """Build the model's index from the catalog and save it; a new `spec` is remembered only
+        once an index of that kind was built (a spec that cannot be built changes nothing)."""
         revision = self.catalog.revision()
         ids, vectors = self.catalog.vectors(record.key)
         if len(ids) == 0:
             vectors = np.zeros((0, record.dim), dtype=np.float32)
-        index = build_index(ids, vectors, spec=record.index_spec)
+        new_spec = spec is not None and spec != record.index_spec
+        try:
+            index = build_index(ids, vectors, spec=spec or record.index_spec)
+        except RuntimeError as exc:  # Faiss reports its own limits (e.g. IVF training size) this way
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise LibraryError(
+                f"cannot build a {spec or record.index_spec!r} index of {len(ids)} vectors: {reason}"
+            ) from None
+        if new_spec:
+            self.catalog.update_model(record.key, index_spec=spec, search_params=None)
+            record = self.catalog.model(record.key)
         index.params = record.search_params or ""
         self._save(record, index, revision)
         return index
@@ -421,10 +431,6 @@ class Library:
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, folder / "state.json")
         self._indexes[record.key] = (revision, index)
-
-    def _drop_index(self, model_key: str) -> None:
-        self._indexes.pop(model_key, None)
-        (self._index_dir(model_key) / "state.json").unlink(missing_ok=True)
 
     def _index_info(self, record: ModelRecord) -> dict:
         state = self._read_state(record.key) or {}
