@@ -401,13 +401,7 @@ class Library:
         if len(ids) == 0:
             vectors = np.zeros((0, record.dim), dtype=np.float32)
         new_spec = spec is not None and spec != record.index_spec
-        try:
-            index = build_index(ids, vectors, spec=spec or record.index_spec)
-        except RuntimeError as exc:  # Faiss reports its own limits (e.g. IVF training size) this way
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise LibraryError(
-                f"cannot build a {spec or record.index_spec!r} index of {len(ids)} vectors: {reason}"
-            ) from None
+        index = build_index(ids, vectors, spec=spec or record.index_spec)
         if new_spec:
             self.catalog.update_model(record.key, index_spec=spec, search_params=None)
             record = self.catalog.model(record.key)
