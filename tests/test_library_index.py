@@ -210,6 +210,7 @@ def test_several_models_share_one_catalog(tmp_path: Path, clip_model_dir: Path):
 def test_newer_catalog_schema_is_refused(tmp_path: Path):
     from xmodal.errors import LibraryError
 
+    assert xmodal.Library is Library  # the public name (design §7)
     Library(tmp_path / "lib").close()
     with sqlite3.connect(tmp_path / "lib" / "catalog.sqlite") as conn:
         conn.execute("PRAGMA user_version = 99")
