@@ -230,18 +230,6 @@ class Catalog:
         row = self.conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ?", (encode_path(path),)).fetchone()
         return ItemRecord.from_row(row) if row else None
 
-    def metadata_by_hash(self, hashes: Iterable[str]) -> dict[str, ItemRecord]:
-        """A decoded row per content hash (for files moved or copied: their size, date, etc.)."""
-        found: dict[str, ItemRecord] = {}
-        unique = list(dict.fromkeys(hashes))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT {_ITEM_COLUMNS} FROM items WHERE status = 'ok' AND content_hash IN ({marks})"
-            for row in self.conn.execute(query, chunk):
-                found.setdefault(row[7], ItemRecord.from_row(row))
-        return found
-
     def upsert_items(self, updates: Sequence[ItemUpdate], revision: int) -> None:
         """Insert or update rows by path (call inside `transaction()`)."""
         now = time.time()
