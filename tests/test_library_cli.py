@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from media_corpus import make_bad_corpus, make_photo_tree
+from library_helpers import make_bad_corpus, make_photo_tree
 from xmodal.cli import app
 
 runner = CliRunner()

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 import xmodal
-from media_corpus import count_model_calls, make_photo_tree
-from test_library_index import check_consistent, image_files
+from library_helpers import check_consistent, count_model_calls, image_files, make_photo_tree
 from xmodal.library import Library
 
 N_FILES = 160

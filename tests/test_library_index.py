@@ -8,11 +8,10 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import xmodal
-from media_corpus import count_model_calls, make_bad_corpus, make_photo_tree, photo
+from library_helpers import check_consistent, count_model_calls, image_files, make_bad_corpus, make_photo_tree, photo
 from xmodal.library import Library
 from xmodal.media.hashing import content_hash
 from xmodal.store.catalog import display_path
@@ -21,28 +20,6 @@ from xmodal.store.catalog import display_path
 @pytest.fixture
 def encoder(clip_model_dir: Path):
     return xmodal.load_model(clip_model_dir)
-
-
-def check_consistent(lib: Library, files_on_disk: set[str]) -> None:
-    """Every file once, every indexed row with its embedding, the index equal to the catalog."""
-    conn = lib.catalog.conn
-    paths = [os.fsdecode(p) for (p,) in conn.execute("SELECT path FROM items WHERE type = 'image'")]
-    assert len(paths) == len(set(paths))
-    assert set(paths) == files_on_disk
-    (model,) = lib.catalog.models()
-    missing = conn.execute(
-        "SELECT COUNT(*) FROM items i LEFT JOIN embeddings e ON e.content_hash = i.content_hash AND e.model_key = ? "
-        "WHERE i.status = 'ok' AND e.vector IS NULL",
-        (model.key,),
-    ).fetchone()[0]
-    assert missing == 0
-    ok_ids = lib.catalog.filtered_ids(model_key=model.key)
-    index = lib._index_of(model)
-    assert sorted(np.asarray(index.ids).tolist()) == ok_ids.tolist()
-
-
-def image_files(root: Path) -> set[str]:
-    return {str(p) for p in root.rglob("*") if p.suffix in (".jpg", ".png") and p.is_file()}
 
 
 def test_incremental_runs_count_exactly_and_reuse_embeddings(tmp_path: Path, encoder):

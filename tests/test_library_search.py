@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import xmodal
-from media_corpus import make_photo_tree, photo, with_exif_date
+from library_helpers import make_photo_tree, photo, with_exif_date
 from xmodal.errors import InvalidArgumentError
 from xmodal.library import Library
 from xmodal.models import l2_normalize

@@ -1,4 +1,5 @@
-"""Media files built by the library tests: a tree of small distinct photos and the bad-input corpus."""
+"""Helpers of the library tests: photo trees and the bad-input corpus they build, model-call counting,
+and the catalog/index consistency check."""
 
 from __future__ import annotations
 
@@ -124,3 +125,25 @@ def with_exif_date(img: Image.Image, when: str) -> Image.Exif:
     exif = img.getexif()
     exif.get_ifd(0x8769)[0x9003] = when
     return exif
+
+
+def check_consistent(lib, files_on_disk: set[str]) -> None:
+    """Every file once, every indexed row with its embedding, the index equal to the catalog."""
+    conn = lib.catalog.conn
+    paths = [os.fsdecode(p) for (p,) in conn.execute("SELECT path FROM items WHERE type = 'image'")]
+    assert len(paths) == len(set(paths))
+    assert set(paths) == files_on_disk
+    (model,) = lib.catalog.models()
+    missing = conn.execute(
+        "SELECT COUNT(*) FROM items i LEFT JOIN embeddings e ON e.content_hash = i.content_hash AND e.model_key = ? "
+        "WHERE i.status = 'ok' AND e.vector IS NULL",
+        (model.key,),
+    ).fetchone()[0]
+    assert missing == 0
+    ok_ids = lib.catalog.filtered_ids(model_key=model.key)
+    index = lib._index_of(model)
+    assert sorted(np.asarray(index.ids).tolist()) == ok_ids.tolist()
+
+
+def image_files(root: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*") if p.suffix in (".jpg", ".png") and p.is_file()}
