@@ -57,6 +57,9 @@ def test_incremental_runs_count_exactly_and_reuse_embeddings(tmp_path: Path, enc
         assert lib.status()["items"] == {"image": 240 - 6 + 4 + 2, "video": 0}
         check_consistent(lib, image_files(tree))
 
+        for path in paths[:2]:  # modified in place (same item id): the index serves the new vector
+            best = lib.search(image=path, k=1)[0]
+            assert best.path == str(path) and best.score == pytest.approx(1.0, abs=1e-3)
         hits = lib.search(text="a photo", k=1000, min_score=-1.0)
         found = {h.path for h in hits}
         assert found == image_files(tree)
