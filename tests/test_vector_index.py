@@ -100,6 +100,11 @@ def test_exact_scan_over_many_blocks_in_threads_with_ties():
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
     np.testing.assert_array_equal(found[0, :5], ids[sorted([123, *twins])])
     np.testing.assert_array_equal(index.search(queries[:1], 10)[1], found[:1])  # one query = same answer
+    allowed = ids[::3]  # a filter too large to score row by row: block bitmaps in the threaded scan
+    scores, found = index.search(queries, 10, allowed=allowed)
+    ref_scores, ref_ids = reference(vectors[::3], allowed, queries, 10)
+    np.testing.assert_array_equal(found, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
 
 
 def test_exact_and_faiss_flat_identical(data):

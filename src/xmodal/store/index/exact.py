@@ -41,6 +41,10 @@ def _workers() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=_thread_count(), thread_name_prefix="xmodal-scan")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: start a new pool there
+    os.register_at_fork(after_in_child=_workers.cache_clear)
+
+
 class ExactIndex(VectorIndex):
     """Brute-force inner-product search over every stored vector; results equal a float32 scan
     of the stored (float16-rounded) vectors."""
@@ -135,7 +139,7 @@ class ExactIndex(VectorIndex):
         hits = found[np.isin(sorted_ids[found], ids)]
         return np.sort(order[hits])
 
-    def rows(self, positions: np.ndarray) -> np.ndarray:
+    def _rows(self, positions: np.ndarray) -> np.ndarray:
         """float32 copies of the stored vectors at these positions."""
         out = np.empty((len(positions), self.dim), dtype=np.float32)
         blocks = np.searchsorted(self._starts, positions, side="right") - 1
@@ -153,7 +157,7 @@ class ExactIndex(VectorIndex):
         if allowed is not None:
             positions = self._positions(allowed)
             if len(positions) <= _GATHER_MAX:
-                scores = queries @ self.rows(positions).T
+                scores = queries @ self._rows(positions).T
                 found = np.broadcast_to(positions, scores.shape)
                 return scores, self._ids[found], found
             mask = np.zeros(len(self._ids), dtype=bool)
