@@ -24,6 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -64,6 +65,17 @@ def _locked(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
 
     return locked
+
+
+@dataclass
+class LibraryVectors:
+    """Every indexed item's stored embedding for one model, by item id, with path and type."""
+
+    model: ModelRecord
+    ids: np.ndarray  # int64 item ids
+    paths: list[str]
+    types: list[str]
+    vectors: np.ndarray  # float32 (N, D), unit rows
 
 
 class Library:
@@ -233,6 +245,20 @@ class Library:
             rows = self.catalog.items_by_id(ids.tolist())
             ids = np.asarray([i for i in ids if pattern.match(rows[int(i)].path)], dtype=np.int64)
         return ids
+
+    @_locked
+    def vectors(self, model: str | os.PathLike | Encoder | None = None) -> LibraryVectors:
+        """The stored embeddings of every indexed item for `model` (default: the first one), read
+        from the catalog (the truth; no index involved) — for evaluation and export."""
+        record = self._model_record(model)
+        ids, vectors = self.catalog.vectors(record.key)
+        rows = self.catalog.items_by_id(ids.tolist())
+        return LibraryVectors(record, ids, [rows[int(i)].path for i in ids], [rows[int(i)].type for i in ids], vectors)
+
+    @_locked
+    def encoder(self, model: str | os.PathLike | Encoder | None = None) -> Encoder:
+        """The encoder a model of this library was indexed with (its text tower embeds queries)."""
+        return self._encoder_of(self._model_record(model))
 
     def _item_vector(self, model_key: str, item_id: int) -> np.ndarray:
         ids, vectors = self.catalog.vectors(model_key, np.asarray([item_id]))
