@@ -7,6 +7,7 @@ import os
 
 import typer
 
+from xmodal.cli import datasets as datasets_cli
 from xmodal.cli import eval as eval_cli
 from xmodal.cli import models as models_cli
 from xmodal.cli.console import err_console
@@ -20,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models_cli.app, name="models")
+app.add_typer(datasets_cli.app, name="datasets")
 app.command("eval")(eval_cli.evaluate)
 app.command("zeroshot")(eval_cli.zeroshot)
 
