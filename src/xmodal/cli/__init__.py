@@ -10,6 +10,7 @@ import typer
 from xmodal.cli import datasets as datasets_cli
 from xmodal.cli import eval as eval_cli
 from xmodal.cli import models as models_cli
+from xmodal.cli import train as train_cli
 from xmodal.cli.console import err_console
 from xmodal.errors import XmodalError
 
@@ -24,6 +25,7 @@ app.add_typer(models_cli.app, name="models")
 app.add_typer(datasets_cli.app, name="datasets")
 app.command("eval")(eval_cli.evaluate)
 app.command("zeroshot")(eval_cli.zeroshot)
+app.command("train")(train_cli.train)
 
 
 @app.callback()

@@ -25,4 +25,4 @@ def synth_shapes(
     config = SynthConfig(n=n, seed=seed, videos=videos, image_size=image_size)
     with progress_bar(quiet) as progress:
         path = generate_synth_shapes(out, config, progress)
-    console.print(f"wrote {n} images{f' and {videos} videos' if videos else ''}: karpathy:{path}")
+    console.print(f"wrote {n} images{f' and {videos} videos' if videos else ''}: karpathy:{path}", soft_wrap=True)
