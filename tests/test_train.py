@@ -76,18 +76,20 @@ def _tiny_config(tmp_path, dataset, **kwargs) -> TrainConfig:
 
 
 class _InterruptAt:
-    """A Progress that raises KeyboardInterrupt at the n-th step, as a user's Ctrl-C would."""
+    """A Progress that raises KeyboardInterrupt at a step of one epoch, as a user's Ctrl-C would."""
 
-    def __init__(self, step: int):
-        self.left = step
+    def __init__(self, epoch: int, step: int):
+        self.task, self.step = f"epoch {epoch}/", step
+        self.left: int | None = None
 
     def start(self, description: str, total: int | None) -> None:
-        pass
+        self.left = self.step if description.startswith(self.task) else None
 
     def advance(self, n: int = 1) -> None:
-        self.left -= n
-        if self.left == 0:
-            raise KeyboardInterrupt
+        if self.left is not None:
+            self.left -= n
+            if self.left == 0:
+                raise KeyboardInterrupt
 
 
 def _weights(run_dir):
@@ -100,7 +102,7 @@ def test_resume_after_interruption_is_exact(tmp_path, synth_shapes, loss):
     straight = train(_tiny_config(tmp_path / "a", synth_shapes, loss=loss))
     config = _tiny_config(tmp_path / "b", synth_shapes, loss=loss)
     with pytest.raises(KeyboardInterrupt):
-        train(config, _InterruptAt(6 + 3))  # 6 steps per epoch: stops inside epoch 2
+        train(config, _InterruptAt(epoch=2, step=3))  # 6 steps per epoch
     assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == ["epoch-0001.pt"]
     resumed = train(config)
     assert resumed.resumed_epochs == 1 and straight.resumed_epochs == 0
@@ -120,8 +122,10 @@ def test_finetune_transformers_clip_loss_falls_and_export_matches_torch(tmp_path
         dataset=f"karpathy:{synth_shapes}",
         out=tmp_path / "run",
         model=str(clip_checkpoint),
-        epochs=3,
+        epochs=2,
         batch_size=16,
+        limit=64,
+        val_limit=8,
         lr=5e-4,
         threads=2,
         precision="bf16",
@@ -140,7 +144,7 @@ def test_finetune_transformers_clip_loss_falls_and_export_matches_torch(tmp_path
     torch_model.load_state_dict(_weights(tmp_path / "run")["model"])
     torch_model.eval()
     dataset = read_dataset(f"karpathy:{synth_shapes}", ReadOptions(split="val"))
-    pixels = np.stack([encoder.preprocess.cfg and _resized(p, encoder) for p in dataset.items[:4]])
+    pixels = np.stack([_resized(p, encoder) for p in dataset.items[:4]])
     with torch.no_grad():
         ref_images = torch_model.encode_image(Normalizer(encoder.config.preprocess)(pixels)).numpy()
         tokens = encoder.tokenize(dataset.texts[:4])

@@ -31,8 +31,8 @@ class HFDualEncoder(nn.Module):
 
     def initial_logits(self) -> tuple[float | None, float | None]:
         """The checkpoint's own (logit_scale, logit_bias), where it has them."""
-        scale, bias = getattr(self.model, "logit_scale", None), getattr(self.model, "logit_bias", None)
-        return (None if scale is None else float(scale)), (None if bias is None else float(bias))
+        scale, bias = (getattr(self.model, name, None) for name in ("logit_scale", "logit_bias"))
+        return tuple(None if p is None else float(p.detach()) for p in (scale, bias))
 
     def towers(self) -> tuple[nn.Module, nn.Module]:
         return self._towers

@@ -240,7 +240,7 @@ class _Run:
             "epoch": self.epoch,
             "loss": float(np.mean(losses)),
             "lr": self.scheduler.get_last_lr()[0],
-            "logit_scale": float(self.loss_fn.scale),
+            "logit_scale": float(self.loss_fn.scale.detach()),
             "train_seconds": round(time.perf_counter() - started, 2),
         }
         if self.val_data is not None:
