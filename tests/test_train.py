@@ -159,3 +159,31 @@ def _resized(path, encoder) -> np.ndarray:
     from xmodal.models.preprocess import resize_for_model
 
     return np.asarray(resize_for_model(encoder.decode(path).image, encoder.config.preprocess), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "loss"), [("siglip_checkpoint", "siglip"), ("chinese_clip_checkpoint", "infonce")]
+)
+def test_finetune_siglip_and_chinese_clip_export_loads(tmp_path, synth_shapes, checkpoint, loss, request):
+    """One short epoch each: SigLIP starts from its own logit scale and bias; ChineseCLIP's textual
+    graph takes input_ids + attention_mask; both export and embed into unit vectors."""
+    src = request.getfixturevalue(checkpoint)
+    config = TrainConfig(
+        dataset=f"karpathy:{synth_shapes}",
+        out=tmp_path / "run",
+        model=str(src),
+        loss=loss,
+        epochs=1,
+        batch_size=16,
+        limit=32,
+        val_split=None,
+        threads=2,
+    )
+    result = train(config)
+    assert len(result.history) == 1 and "val" not in result.history[0]
+    state = _weights(tmp_path / "run")
+    if loss == "siglip":
+        assert set(state["loss"]) == {"logit_scale", "logit_bias"}
+    encoder = xmodal.load_model(result.model_dir)
+    vectors = encoder.embed_texts(["a small red circle at the top left"])
+    assert vectors.shape == (1, encoder.dim) and abs(float(np.linalg.norm(vectors)) - 1) < 1e-5

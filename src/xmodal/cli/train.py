@@ -78,7 +78,10 @@ def train(
     )
     with progress_bar(quiet) as progress:
         result = run_training(
-            config, progress, resume=resume, on_epoch=lambda record: console.print(_epoch_line(record), highlight=False)
+            config,
+            progress,
+            resume=resume,
+            on_epoch=lambda record: console.print(_epoch_line(record), highlight=False, soft_wrap=True),
         )
     if result.resumed_epochs:
         console.print(f"resumed after epoch {result.resumed_epochs}")
