@@ -321,7 +321,7 @@ def test_cli_errors_are_one_line_and_other_work_goes_on(clip_model_dir, synth_ka
 
 def test_tiny_shapes_model_is_far_above_chance(tmp_path):
     made = runner.invoke(
-        app, ["datasets", "synth-shapes", "--out", str(tmp_path / "shapes"), "--n", "200", "--seed", "0"]
+        app, ["datasets", "synth-shapes", "--out", str(tmp_path / "shapes"), "--n", "1000", "--seed", "0"]
     )
     assert made.exit_code == 0, made.output
     (annotations,) = (tmp_path / "shapes").rglob("dataset_*.json")
