@@ -135,7 +135,7 @@ def describe(scene: list[Shape], rng: np.random.Generator) -> str:
     return body
 
 
-def _background(rng: np.random.Generator, size: int) -> Image.Image:
+def random_background(rng: np.random.Generator, size: int) -> Image.Image:
     """A pale, low-saturation backdrop: flat, a gradient, or grain, so shapes always stand out."""
     base = rng.uniform(185, 245) + rng.uniform(-20, 20, size=3)
     kind = int(rng.integers(0, 3))
@@ -188,7 +188,7 @@ def cell_center(cell: tuple[int, int], size: int, jitter: tuple[float, float] = 
 
 def render_scene(scene: list[Shape], rng: np.random.Generator, size: int) -> Image.Image:
     """The scene drawn on a random background; shapes jittered inside their cells."""
-    img = _background(rng, size)
+    img = random_background(rng, size)
     draw = ImageDraw.Draw(img)
     for shape in scene:
         side = SIZES[shape.size] * size * rng.uniform(0.9, 1.1)
@@ -198,7 +198,7 @@ def render_scene(scene: list[Shape], rng: np.random.Generator, size: int) -> Ima
     return img
 
 
-def _split_of(index: int, n: int) -> str:
+def split_of(index: int, n: int) -> str:
     start = 0.0
     for name, share in SPLITS:
         start += share
@@ -221,7 +221,7 @@ def _make_image(config: SynthConfig, out_dir: Path, index: int) -> dict:
         "filepath": "images",
         "filename": name,
         "imgid": index,
-        "split": _split_of(index, config.n),
+        "split": split_of(index, config.n),
         "sentences": [
             {"raw": c, "imgid": index, "sentid": index * CAPTIONS_PER_IMAGE + k} for k, c in enumerate(captions)
         ],

@@ -19,9 +19,9 @@ from xmodal.datasets.synth_shapes import (
     SIZES,
     Shape,
     SynthConfig,
-    _background,
-    _split_of,
     draw_shape,
+    random_background,
+    split_of,
 )
 from xmodal.progress import Progress
 
@@ -41,7 +41,7 @@ MOTIONS: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[str, ..
 
 
 def _frames(shape: Shape, motion: str, rng: np.random.Generator) -> list[np.ndarray]:
-    background = _background(rng, VIDEO_SIZE)
+    background = random_background(rng, VIDEO_SIZE)
     (x0, y0), (x1, y1), _ = MOTIONS[motion]
     side = SIZES[shape.size] * VIDEO_SIZE
     frames = []
@@ -78,7 +78,7 @@ def generate_synth_videos(out_dir: Path, config: SynthConfig, progress: Progress
         name = f"videos/{index:05d}.mp4"
         write_video(out_dir / name, _frames(shape, motion, rng))
         captions = [f"a {shape.color} {shape.kind} {phrase}" for phrase in MOTIONS[motion][2]]
-        records.append({"path": name, "captions": captions, "split": _split_of(index, config.videos), "motion": motion})
+        records.append({"path": name, "captions": captions, "split": split_of(index, config.videos), "motion": motion})
         progress.advance()
     path = out_dir / VIDEO_LIST
     path.write_text("".join(json.dumps(r) + "\n" for r in records))

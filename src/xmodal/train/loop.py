@@ -277,7 +277,8 @@ def train(
 ) -> TrainResult:
     """Train (or resume) the run in config.out, validate every epoch, export the model at the end."""
     out = Path(config.out)
-    if not resume:
+    if not resume or not any((out / CHECKPOINTS).glob("epoch-*.pt")):
+        # a fresh start learns its tokenizer again: an old one may come from other captions
         for stale in (out / CHECKPOINTS, out / "tokenizer"):
             shutil.rmtree(stale, ignore_errors=True)
     if config.threads is not None:
