@@ -12,7 +12,7 @@ from xmodal.train.losses import LOSSES
 PRECISIONS = ("fp32", "bf16")
 TINY = "tiny"
 # Fields that do not change the trained weights: a run may be resumed with other values.
-RESUMABLE_CHANGES = frozenset({"export", "name", "threads"})
+RESUMABLE_CHANGES = frozenset({"out", "export", "name", "threads"})
 
 
 @dataclass(frozen=True)
