@@ -8,6 +8,7 @@ import os
 import typer
 
 from xmodal.cli import datasets as datasets_cli
+from xmodal.cli import demo as demo_cli
 from xmodal.cli import eval as eval_cli
 from xmodal.cli import library as library_cli
 from xmodal.cli import models as models_cli
@@ -30,6 +31,7 @@ app.add_typer(datasets_cli.app, name="datasets")
 app.command("eval")(eval_cli.evaluate)
 app.command("zeroshot")(eval_cli.zeroshot)
 app.command("train")(train_cli.train)
+app.command("demo")(demo_cli.demo)
 
 
 @app.callback()
