@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 WORK="${1:-runs/tiny-shapes}"
 PYTHON="${PYTHON:-python}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-"$PYTHON" -m xmodal datasets synth-shapes --out "$WORK/data" --n 10000 --seed 12345 --quiet
+"$PYTHON" -m xmodal datasets synth-shapes --out "$WORK/data" --n 16000 --seed 12345 --quiet
 "$PYTHON" -m xmodal train "karpathy:$WORK/data/dataset_synth_shapes.json" --out "$WORK/run" --restart \
-  --epochs 8 --batch-size 128 --seed 0 --threads 2 --quiet \
+  --epochs 5 --batch-size 128 --seed 0 --threads 2 --quiet \
   --name xmodal-tiny-shapes --export src/xmodal/shipped/xmodal-tiny-shapes
