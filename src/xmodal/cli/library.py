@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from xmodal.cli.console import console, err_console, progress_bar
-
-if TYPE_CHECKING:
-    from xmodal.search import Hit
 
 LIBRARY_HELP = "Library folder (default: $XMODAL_LIBRARY, else the user data folder)."
 PRECISIONS_HELP = "fp32 (default), int8 (ONNX Runtime) or bf16 (OpenVINO)."
@@ -164,22 +159,12 @@ def search(
     if not results:
         _say("no results")
         return
-    console.print(hits_table(results))
-
-
-def hits_table(results: Sequence[Hit], marks: Sequence[str] | None = None, title: str | None = None) -> Table:
-    """Search hits as a table (path never cut); `marks` adds a column, e.g. whether each hit is right."""
-    table = Table("rank", "score", "id", "type", "taken at", title=title, title_justify="left")
-    if marks is not None:
-        table.add_column("right?")
+    table = Table("rank", "score", "id", "type", "taken at")
     table.add_column("path", overflow="fold")  # never cut: a path is what the user came for
-    for n, hit in enumerate(results):
+    for hit in results:
         row = hit.to_dict()
-        mark = [marks[n]] if marks is not None else []
-        table.add_row(
-            str(hit.rank), f"{hit.score:.4f}", str(hit.item_id), hit.type, row["taken_at"] or "", *mark, row["path"]
-        )
-    return table
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.item_id), hit.type, row["taken_at"] or "", row["path"])
+    console.print(table)
 
 
 def status(
