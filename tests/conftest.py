@@ -69,3 +69,11 @@ def vitb32_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vitb32_model_dir(vitb32_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _export(vitb32_checkpoint, tmp_path_factory.mktemp("vitb32_model") / "vitb32")
+
+
+@pytest.fixture(scope="session")
+def synth_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Annotations (Karpathy JSON) of 120 synthetic shape images: 96 train, 12 val, 12 test, 5 captions each."""
+    from xmodal.datasets import SynthConfig, generate_synth_shapes
+
+    return generate_synth_shapes(tmp_path_factory.mktemp("synth_shapes"), SynthConfig(n=120, seed=5))

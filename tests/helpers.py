@@ -95,15 +95,15 @@ def bert_chinese_tokenizer(folder: Path):
     return tok
 
 
+TINY_TOWER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+
+
 def tiny_vision(image_size: int = 64, patch: int = 16) -> dict:
-    return dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch,
-    )
+    return dict(TINY_TOWER, image_size=image_size, patch_size=patch)
+
+
+def tiny_text(vocab_size: int, max_positions: int, **extra) -> dict:
+    return dict(TINY_TOWER, vocab_size=vocab_size, max_position_embeddings=max_positions, **extra)
 
 
 def make_clip_checkpoint(folder: Path, *, full_geometry: bool = False, seed: int = 0) -> Path:
@@ -116,7 +116,7 @@ def make_clip_checkpoint(folder: Path, *, full_geometry: bool = False, seed: int
         config = CLIPConfig()  # ViT-B/32 text+vision geometry
     else:
         config = CLIPConfig(
-            text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+            text_config=dict(TINY_TOWER),
             vision_config=tiny_vision(),
             projection_dim=32,
         )
@@ -137,16 +137,7 @@ def make_siglip_checkpoint(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = siglip_tokenizer(folder)
     config = SiglipConfig(
-        text_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=len(tok),
-            max_position_embeddings=16,
-            pad_token_id=0,
-            eos_token_id=1,
-        ),
+        text_config=tiny_text(len(tok), 16, pad_token_id=0, eos_token_id=1),
         vision_config=tiny_vision(),
     )
     SiglipModel(config).eval().save_pretrained(str(folder))
@@ -161,14 +152,7 @@ def make_chinese_clip_checkpoint(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = bert_chinese_tokenizer(folder)
     config = ChineseCLIPConfig(
-        text_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=len(tok),
-            max_position_embeddings=64,
-        ),
+        text_config=tiny_text(len(tok), 64),
         vision_config=tiny_vision(),
         projection_dim=32,
     )

@@ -7,8 +7,12 @@ import os
 
 import typer
 
+from xmodal.cli import datasets as datasets_cli
+from xmodal.cli import demo as demo_cli
 from xmodal.cli import eval as eval_cli
+from xmodal.cli import library as library_cli
 from xmodal.cli import models as models_cli
+from xmodal.cli import train as train_cli
 from xmodal.cli.console import err_console
 from xmodal.errors import XmodalError
 
@@ -20,8 +24,14 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models_cli.app, name="models")
+app.command("index")(library_cli.index)
+app.command("search")(library_cli.search)
+app.command("status")(library_cli.status)
+app.add_typer(datasets_cli.app, name="datasets")
 app.command("eval")(eval_cli.evaluate)
 app.command("zeroshot")(eval_cli.zeroshot)
+app.command("train")(train_cli.train)
+app.command("demo")(demo_cli.demo)
 
 
 @app.callback()

@@ -65,12 +65,25 @@ def _each_model(models: list[str], precision: str, job: Callable[[Encoder], list
 
 
 def evaluate(
-    model: list[str] = typer.Option(..., "--model", "-m", help="Model name or folder; repeat to compare models."),
+    model: list[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model name or folder; repeat to compare models. With --library: its models (default: all of them).",
+    ),
     dataset: list[str] = typer.Option(
-        ...,
+        None,
         "--dataset",
         "-d",
         help="FORMAT:PATH with FORMAT karpathy, coco, flickr, cn-clip, msvd, jsonl or csv (a bare PATH guesses); repeatable.",
+    ),
+    library: Path = typer.Option(
+        None, "--library", help="Evaluate search in this xmodal library (with --captions) instead of a dataset."
+    ),
+    captions: str = typer.Option(
+        None,
+        "--captions",
+        help="With --library: JSONL/CSV of path + captions for some of its files; the rest are distractors.",
     ),
     split: str = typer.Option(
         "test", help="Split to evaluate (Karpathy/CLIP_benchmark: test, val; MUGE: valid); 'all' for every record."
@@ -101,7 +114,10 @@ def evaluate(
     strict: bool = typer.Option(False, help="Stop at the first malformed dataset line instead of skipping it."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Retrieval benchmark: R@1/5/10, MedR, MnR and MR of each model on each dataset, both directions."""
+    """Retrieval benchmark: R@1/5/10, MedR, MnR and MR of each model on each dataset, both directions.
+
+    With --library DIR --captions FILE: the same metrics for search in your own library, your
+    captions as queries against every indexed photo, on the embeddings the library stored."""
     from dataclasses import replace
 
     from xmodal.eval import report
@@ -109,40 +125,49 @@ def evaluate(
     from xmodal.eval.plots import plot_recall_curves
     from xmodal.eval.retrieval import evaluate_retrieval
 
-    if images is not None and len(dataset) > 1:
+    if (library is None) == (not dataset):
+        raise typer.BadParameter("give --dataset (one or more), or --library with --captions")
+    if (library is None) != (captions is None):
+        raise typer.BadParameter("--library and --captions go together")
+    if library is None and not model:
+        raise typer.BadParameter("give at least one --model")
+    if images is not None and len(dataset or [captions]) > 1:
         raise typer.BadParameter(
             "--images applies to one dataset; give each dataset's files relative to its annotation file instead"
         )
     options = ReadOptions(split=None if split == "all" else split, limit=limit, media_root=images, strict=strict)
     wanted = [d.strip() for d in directions.split(",") if d.strip()] if directions else None
-    failed = False
-    datasets = []
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
-        for spec in dataset:
-            try:
-                data = read_dataset(spec, options, parsed_cache=cache.parsed_datasets if cache else None)
-            except XmodalError as exc:
-                _error(spec, exc)
-                failed = True
-                continue
-            datasets.append(replace(data, language=language or data.language))
-        results, model_failed = _each_model(
-            model,
-            precision,
-            lambda encoder: [
-                evaluate_retrieval(
-                    encoder,
-                    data,
-                    directions=wanted,
-                    cache=cache,
-                    progress=progress,
-                    frames=frames,
-                    batch_size=batch_size,
-                )
-                for data in datasets
-            ],
-        )
-    failed = failed or model_failed
+        if library is not None:
+            results, failed = _evaluate_library(library, captions, model, options, wanted, cache, progress)
+        else:
+            failed = False
+            datasets = []
+            for spec in dataset:
+                try:
+                    data = read_dataset(spec, options, parsed_cache=cache.parsed_datasets if cache else None)
+                except XmodalError as exc:
+                    _error(spec, exc)
+                    failed = True
+                    continue
+                datasets.append(replace(data, language=language or data.language))
+            results, model_failed = _each_model(
+                model,
+                precision,
+                lambda encoder: [
+                    evaluate_retrieval(
+                        encoder,
+                        data,
+                        directions=wanted,
+                        cache=cache,
+                        progress=progress,
+                        frames=frames,
+                        batch_size=batch_size,
+                    )
+                    for data in datasets
+                ],
+            )
+            failed = failed or model_failed
     if results:
         unit = "percent" if percent else "fraction"
         folder = _out_dir(out, "xmodal-eval")
@@ -160,6 +185,28 @@ def evaluate(
         _say(f"results written to {folder}/ (results.md, results.csv, results.json, ranks.npz, recall_at_k_*.png)")
     if failed or not results:
         raise typer.Exit(1)
+
+
+def _evaluate_library(folder: Path, captions: str, models: list[str] | None, options, wanted, cache, progress):
+    """Every asked model (default: all the library's models) on the library with the captions."""
+    from xmodal.eval.datasets import read_dataset
+    from xmodal.eval.library import evaluate_library
+    from xmodal.library import Library
+
+    if not folder.is_dir():
+        raise typer.BadParameter(f"{folder}: no such library folder")
+    results, failed = [], False
+    with Library(folder) as lib:
+        data = read_dataset(captions, options)
+        for name in models or [m["key"] for m in lib.status()["models"]]:
+            try:
+                results.append(
+                    evaluate_library(lib, data, model=name, directions=wanted, cache=cache, progress=progress)
+                )
+            except XmodalError as exc:
+                _error(name, exc)
+                failed = True
+    return results, failed
 
 
 def zeroshot(

@@ -109,6 +109,19 @@ def _open_file(path: Path) -> io.BufferedReader:
 
 
 def _decode_stream(fp: io.IOBase, item: object, options: DecodeOptions) -> DecodedImage:
+    img = _open_checked(fp, item, options)
+    width, height = img.size
+    if options.draft_size and img.format == "JPEG":
+        img.draft(img.mode, (options.draft_size, options.draft_size))
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise MediaError(item, f"corrupt or truncated image data: {exc}") from None
+    return _finish(img, item, options, original_size=(width, height))
+
+
+def _open_checked(fp: io.IOBase, item: object, options: DecodeOptions) -> Image.Image:
+    """Image.open (header only) with the size checks; raises MediaError / ImageTooLargeError."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -127,13 +140,28 @@ def _decode_stream(fp: io.IOBase, item: object, options: DecodeOptions) -> Decod
             item,
             f"{width}x{height} = {width * height:,} pixels exceeds the limit of {options.max_pixels:,} (max_pixels)",
         )
-    if options.draft_size and img.format == "JPEG":
-        img.draft(img.mode, (options.draft_size, options.draft_size))
-    try:
-        img.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise MediaError(item, f"corrupt or truncated image data: {exc}") from None
-    return _finish(img, item, options, original_size=(width, height))
+    return img
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says: upright size, format and EXIF capture time."""
+
+    width: int
+    height: int
+    format: str | None
+    taken_at: datetime | None
+
+
+def probe_image(data: bytes, item: object = None, options: DecodeOptions | None = None) -> ImageInfo:
+    """Read an encoded image's header only (no pixel decode): for files whose embedding is cached."""
+    if not data:
+        raise MediaError(item if item is not None else data, "empty image data (0 bytes)")
+    img = _open_checked(io.BytesIO(data), item if item is not None else data, options or DecodeOptions())
+    width, height = img.size
+    if _exif_orientation(img) in (5, 6, 7, 8):
+        width, height = height, width
+    return ImageInfo(width, height, img.format, exif_taken_at(img))
 
 
 def _finish(

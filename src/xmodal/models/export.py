@@ -202,6 +202,18 @@ def export_hf_checkpoint(
 ) -> Path:
     """Export a transformers CLIPModel / SiglipModel / ChineseCLIPModel folder to `out/`."""
     import torch
+
+    model, tokenizer = load_hf_checkpoint(src)
+    spec = hf_export_spec(src, model, context_length)
+    visual, textual = hf_towers(model, spec.text_inputs)
+    with torch.no_grad():
+        return export_towers(
+            visual, textual, spec, hf_tokenizer_saver(tokenizer, src), out, int8=int8, fp16=fp16, overwrite=overwrite
+        )
+
+
+def load_hf_checkpoint(src: Path) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) of a transformers CLIP / SigLIP / ChineseCLIP checkpoint folder."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     src = Path(src)
@@ -210,29 +222,37 @@ def export_hf_checkpoint(
     model_type = AutoConfig.from_pretrained(src).model_type
     if model_type not in _FAMILY:
         raise InvalidArgumentError("model_type", model_type, sorted(_FAMILY))
-    family = _FAMILY[model_type]
     model = AutoModel.from_pretrained(src, attn_implementation="eager").eval()
-    tokenizer = AutoTokenizer.from_pretrained(src)
+    return model, AutoTokenizer.from_pretrained(src)
+
+
+def hf_export_spec(src: Path, model: Any, context_length: int | None = None) -> ExportSpec:
+    """The ExportSpec of a transformers dual encoder loaded from checkpoint folder `src`."""
+    model_type = model.config.model_type
+    if model_type not in _FAMILY:
+        raise InvalidArgumentError("model_type", model_type, sorted(_FAMILY))
+    family = _FAMILY[model_type]
     text_cfg = model.config.text_config
     length = context_length or family["context_length"] or text_cfg.max_position_embeddings
-    spec = ExportSpec(
+    return ExportSpec(
         embed_dim=int(model.config.projection_dim if hasattr(model.config, "projection_dim") else text_cfg.hidden_size),
-        preprocess=hf_preprocess_cfg(src, model_type),
+        preprocess=hf_preprocess_cfg(Path(src), model_type),
         context_length=min(length, text_cfg.max_position_embeddings),
         clean=family["clean"],
         text_inputs=family["text_inputs"],
         metadata={"source": str(src), "model_type": model_type},
     )
 
+
+def hf_tokenizer_saver(tokenizer: Any, src: Path) -> Any:
+    """save_tokenizer for export_towers: the transformers tokenizer's files, tokenizer.json required."""
+
     def save_tokenizer(folder: Path) -> None:
         tokenizer.save_pretrained(str(folder))
         if not (folder / "tokenizer.json").is_file():
             raise ModelFormatError(src, "its tokenizer has no fast (tokenizers) version to save as tokenizer.json")
 
-    hf_visual, hf_textual = _make_wrappers()
-    visual, textual = hf_visual(model), hf_textual(model, spec.text_inputs)
-    with torch.no_grad():
-        return export_towers(visual, textual, spec, save_tokenizer, out, int8=int8, fp16=fp16, overwrite=overwrite)
+    return save_tokenizer
 
 
 def _features(output: Any) -> Any:
@@ -242,6 +262,13 @@ def _features(output: Any) -> Any:
 
 def _unit(x: Any) -> Any:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def hf_towers(model: Any, text_inputs: str) -> tuple[Any, Any]:
+    """(visual, textual) torch modules of a transformers dual encoder, each returning unit embeddings:
+    visual(image), textual(ids) or textual(ids, mask) when text_inputs is "input_ids+attention_mask"."""
+    visual_cls, textual_cls = _make_wrappers()
+    return visual_cls(model), textual_cls(model, text_inputs)
 
 
 def _make_wrappers() -> tuple[type, type]:

@@ -48,6 +48,10 @@ class OnnxRuntimeSession:
         _check_file(path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle worker threads sleep instead of spinning: the encoder shares the cores with decode
+        # threads (library ingest) or other jobs, whose CPU spinning steals (benchmarks/ingest.py:
+        # end to end +20-35 %; the encoder alone was not slower on the shared 2-core machine).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

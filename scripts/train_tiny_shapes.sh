@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Train the shipped model xmodal-tiny-shapes from scratch on freshly generated synthetic shapes and
+# export it into the package (src/xmodal/shipped/xmodal-tiny-shapes). CPU only; see BENCHMARKS.md
+# for the wall time on 2 cores and the test recall. Usage: bash scripts/train_tiny_shapes.sh [WORK_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK="${1:-runs/tiny-shapes}"
+PYTHON="${PYTHON:-python}"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+"$PYTHON" -m xmodal datasets synth-shapes --out "$WORK/data" --n 16000 --seed 12345 --quiet
+"$PYTHON" -m xmodal train "karpathy:$WORK/data/dataset_synth_shapes.json" --out "$WORK/run" --restart \
+  --epochs 5 --batch-size 128 --seed 0 --threads 2 --quiet \
+  --name xmodal-tiny-shapes --export src/xmodal/shipped/xmodal-tiny-shapes
