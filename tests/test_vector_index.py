@@ -288,6 +288,15 @@ def test_refined_ivf_pq_recovers_recall_lost_to_pq_codes():
     assert recall(refined.search(queries, 10, params=DEEP_REFINE)[1], truth) >= 0.95
 
 
+def test_tune_keeps_parameters_it_does_not_sweep():
+    vectors = clustered_unit(3000, 32, 16, seed=14)
+    index = build_index(np.arange(3000), vectors, REFINED)
+    index.params = "nprobe=2,k_factor=50"
+    report = tune_index(index, vectors, target_recall=0.9)
+    assert all(s.params.endswith(",k_factor=50") for s in report.settings)
+    assert report.met and index.params == report.chosen and index.params.endswith(",k_factor=50")
+
+
 def test_tune_reports_when_target_is_out_of_reach():
     vectors = random_unit(3000, 32)
     index = build_index(np.arange(3000), vectors, "IVF16,PQ4x4")

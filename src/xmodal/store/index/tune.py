@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from xmodal.errors import InvalidArgumentError
-from xmodal.store.index.base import VectorIndex, as_ids
+from xmodal.store.index.base import VectorIndex, as_ids, format_params, parse_params
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,9 @@ def tune_index(
     truth = ids[truth_rows]
 
     settings: list[TuneSetting] = []
-    for params in sweep(index):
+    defaults = parse_params(index.params)  # what the sweep does not set (a refined index's k_factor) stays
+    for swept in sweep(index):
+        params = format_params({**defaults, **parse_params(swept)})
         started = time.perf_counter()
         _, found = index.search(queries, k, params=params)
         qps = len(queries) / (time.perf_counter() - started)
