@@ -85,6 +85,13 @@ class FaissIndex(VectorIndex):
         cap = max(_TRAIN_PER_LIST * nlist, _TRAIN_MIN)
         if len(vectors) > cap:  # k-means cost grows with the sample; this many per centroid is plenty
             vectors = vectors[np.sort(np.random.default_rng(0).choice(len(vectors), size=cap, replace=False))]
+        if len(vectors) < nlist:  # say it plainly instead of Faiss's assertion text
+            raise InvalidArgumentError(
+                "index spec",
+                self.spec,
+                f"at least {nlist} vectors to train its {nlist} lists ({len(vectors)} given); "
+                "use 'exact' or fewer lists (e.g. IVF{n},Flat with n ~ 4*sqrt(vectors))",
+            )
         try:
             self.index.train(self._as_vectors(vectors, "vectors"))
         except RuntimeError as error:
