@@ -26,14 +26,15 @@ QUERY_FORMS: dict[str, frozenset[str]] = {
 
 @dataclass(frozen=True)
 class FormPrecision:
-    """Mean precision@k of one query form, and the best any ranking could reach (some queries
-    fit fewer than k images)."""
+    """Mean precision@k of one query form, the best any ranking could reach (some queries fit fewer
+    than k images) and chance (the mean share of the gallery a query fits)."""
 
     form: str
     queries: int
     k: int
     precision: float
     ceiling: float
+    chance: float
 
 
 def attribute_query_precision(encoder: Encoder, dataset: RetrievalDataset, k: int = 3) -> list[FormPrecision]:
@@ -55,8 +56,11 @@ def attribute_query_precision(encoder: Encoder, dataset: RetrievalDataset, k: in
         scores = encoder.embed_texts(list(queries.values())) @ images.T
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         hits = np.array([r[t] for r, t in zip(relevant, top, strict=True)])
-        ceiling = np.minimum(np.array([r.sum() for r in relevant]), k) / k
-        results.append(FormPrecision(form, len(queries), k, float(hits.mean()), float(ceiling.mean())))
+        fitting = np.array([r.sum() for r in relevant])
+        ceiling, chance = np.minimum(fitting, k) / k, fitting / len(scenes)
+        results.append(
+            FormPrecision(form, len(queries), k, float(hits.mean()), float(ceiling.mean()), float(chance.mean()))
+        )
     return results
 
 
