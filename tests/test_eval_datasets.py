@@ -302,9 +302,11 @@ def test_parsed_split_cache_skips_parsing_and_notices_changes(tmp_path):
     annotations = tmp_path / "k" / "dataset_tiny.json"
     data = json.loads((EVAL / "karpathy" / "dataset_tiny.json").read_text())
     data["images"] = [i for i in data["images"] if i.get("filename") != "missing.jpg"]
+    data["images"][0]["shapes"] = [{"color": "red", "shape": "circle", "size": "large", "cell": [0, 0]}]
     annotations.write_text(json.dumps(data))
     store = tmp_path / "parsed"
     first = read_dataset(annotations, parsed_cache=store)
+    assert first.item_attributes[0] == {"shapes": data["images"][0]["shapes"]}  # kept through the store
     assert len(list(store.glob("*.json"))) == 1
     again = read_dataset(annotations, parsed_cache=store)
     assert replace(again, problems=[]) == replace(first, problems=[])

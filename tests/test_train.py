@@ -47,6 +47,31 @@ def test_infonce_and_siglip_match_their_formulas():
     assert sum(p.numel() for p in siglip.parameters()) == 2
 
 
+@torch.no_grad()
+def test_multi_positive_infonce_spreads_targets_over_every_matching_image():
+    image, text = _unit_rows(2, n=3), _unit_rows(3, n=3)
+    loss = ContrastiveLoss("infonce", logit_scale=math.log(10.0))
+    # each caption fits only its own image: exactly plain InfoNCE
+    diagonal = torch.eye(3, dtype=torch.bool)
+    assert float(loss(image, text, diagonal)) == float(loss(image, text))
+    # caption 0 ("a red circle") also fits image 1: images 0 and 1 share it as a positive
+    positives = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    logits = 10.0 * (image @ text.T).double()
+    rows, cols = logits.log_softmax(1), logits.log_softmax(0)  # image->text, text->image
+    i2t = -(rows[0, 0] + (rows[1, 0] + rows[1, 1]) / 2 + rows[2, 2]) / 3
+    t2i = -((cols[0, 0] + cols[1, 0]) / 2 + cols[1, 1] + cols[2, 2]) / 3
+    assert float(loss(image, text, positives)) == pytest.approx(float((i2t + t2i) / 2), rel=1e-6)
+    # hand-made case with known logits: identical embeddings, so every logit is the scale
+    same = F.normalize(torch.ones(2, 4), dim=-1)
+    both = torch.tensor([[1, 1], [0, 1]], dtype=torch.bool)
+    # rows: image 0 targets (1/2, 1/2) -> log 2, image 1 -> log 2; cols: text 0 -> log 2, text 1 (1/2, 1/2) -> log 2
+    assert float(loss(same, same, both)) == pytest.approx(math.log(2), rel=1e-6)
+    siglip = ContrastiveLoss("siglip", logit_scale=math.log(10.0), logit_bias=-2.0)
+    z = 2 * positives.double() - 1
+    expected = -torch.log(torch.sigmoid(z * (logits - 2.0))).sum() / 3
+    assert float(siglip(image, text, positives)) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_short_training_run_learns_far_above_chance(tmp_path):
     """A real learning check: from scratch on 800 training images, then validation recall vs chance."""
     data = tmp_path / "data"
@@ -97,10 +122,10 @@ def _weights(run_dir):
     return torch.load(last, weights_only=False)
 
 
-@pytest.mark.parametrize("loss", ["infonce", "siglip"])
-def test_resume_after_interruption_is_exact(tmp_path, synth_shapes, loss):
-    straight = train(_tiny_config(tmp_path / "a", synth_shapes, loss=loss))
-    config = _tiny_config(tmp_path / "b", synth_shapes, loss=loss)
+@pytest.mark.parametrize(("loss", "attributes"), [("infonce", 0.0), ("siglip", 0.0), ("infonce", 0.5)])
+def test_resume_after_interruption_is_exact(tmp_path, synth_shapes, loss, attributes):
+    straight = train(_tiny_config(tmp_path / "a", synth_shapes, loss=loss, attribute_captions=attributes))
+    config = _tiny_config(tmp_path / "b", synth_shapes, loss=loss, attribute_captions=attributes)
     with pytest.raises(KeyboardInterrupt):
         train(config, _InterruptAt(epoch=2, step=3))  # 6 steps per epoch
     assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == ["epoch-0001.pt"]
@@ -114,7 +139,7 @@ def test_resume_after_interruption_is_exact(tmp_path, synth_shapes, loss):
     assert [e["loss"] for e in straight.history] == [e["loss"] for e in resumed.history]
     assert straight.history[1]["val"] == resumed.history[1]["val"]
     with pytest.raises(XmodalError, match="other settings \\(lr\\)"):
-        train(_tiny_config(tmp_path / "b", synth_shapes, loss=loss, lr=0.1))
+        train(_tiny_config(tmp_path / "b", synth_shapes, loss=loss, attribute_captions=attributes, lr=0.1))
 
 
 def test_finetune_transformers_clip_loss_falls_and_export_matches_torch(tmp_path, synth_shapes, clip_checkpoint):

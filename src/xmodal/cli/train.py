@@ -34,6 +34,12 @@ def train(
     accum: int = typer.Option(1, "--accum", help="Micro-batches per optimizer step."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16 (autocast)."),
     modal_weight: float = typer.Option(0.0, "--modal-weight", help="Weight of the modal-mean regularizer."),
+    attribute_captions: float = typer.Option(
+        0.0,
+        "--attribute-captions",
+        help="Share of captions replaced by partial descriptions ('a red circle') drawn from the images' "
+        "`shapes` annotations (synth-shapes); every image of the batch they fit counts as a positive.",
+    ),
     seed: int = typer.Option(0, "--seed"),
     train_split: str = typer.Option("train", "--train-split"),
     val_split: str = typer.Option("val", "--val-split", help='Split validated every epoch ("none" to skip).'),
@@ -65,6 +71,7 @@ def train(
         accum=accum,
         precision=precision,
         modal_weight=modal_weight,
+        attribute_captions=attribute_captions,
         seed=seed,
         train_split=train_split,
         val_split=None if val_split.lower() == "none" else val_split,

@@ -11,18 +11,23 @@ COCO. The same seed gives byte-identical files: each image draws from its own ge
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from xmodal.errors import InvalidArgumentError
+from xmodal.errors import DatasetFormatError, InvalidArgumentError
 from xmodal.parallel import bounded_map
 from xmodal.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from xmodal.eval.datasets.base import RetrievalDataset
 
 log = logging.getLogger(__name__)
 
@@ -107,32 +112,84 @@ TERSE_POSITIONS: dict[tuple[int, int], str] = {
 }
 
 
-def shape_phrase(shape: Shape, rng: np.random.Generator, *, terse: bool = False) -> str:
-    """'a small red circle at the top left' (or tersely 'small red circle, upper left'), size mostly said."""
-    size = f"{shape.size} " if rng.random() < 0.8 else ""
-    name = f"{size}{shape.color} {shape.kind}"
+SAID = frozenset({"size", "color", "position"})  # attributes a phrase may name; a shape's kind is always named
+
+
+def shape_phrase(
+    shape: Shape, rng: np.random.Generator, *, terse: bool = False, said: frozenset[str] | None = None
+) -> str:
+    """'a small red circle at the top left' (or tersely 'small red circle, upper left').
+
+    `said`: which of size/color/position to name; by default colour and position always, size mostly."""
+    if said is None:
+        said = SAID if rng.random() < 0.8 else SAID - {"size"}
+    name = " ".join([shape.size] * ("size" in said) + [shape.color] * ("color" in said) + [shape.kind])
     if terse:
-        return f"{name}, {TERSE_POSITIONS[shape.cell]}"
+        return f"{name}, {TERSE_POSITIONS[shape.cell]}" if "position" in said else name
     article = "an" if name[0] in "aeiou" else "a"
-    return f"{article} {name} {rng.choice(POSITIONS[shape.cell])}"
+    return f"{article} {name} {rng.choice(POSITIONS[shape.cell])}" if "position" in said else f"{article} {name}"
 
 
-def describe(scene: list[Shape], rng: np.random.Generator) -> str:
-    """One caption naming every shape of the scene, shapes in a random order."""
-    order = [scene[i] for i in rng.permutation(len(scene))]
+def describe(
+    scene: list[Shape], rng: np.random.Generator, said: list[frozenset[str]] | None = None, *, whole: bool = True
+) -> str:
+    """One caption naming every shape of `scene` (said[i]: what to name of scene[i]), shapes in a random order.
+
+    `whole=False`: the shapes are only some of the picture's, so the caption does not count them."""
+    order = rng.permutation(len(scene))
     style = int(rng.integers(0, 5))
+    says = [None if said is None else said[i] for i in order]
     if style == 4:
-        return "; ".join(shape_phrase(s, rng, terse=True) for s in order)
-    phrases = [shape_phrase(s, rng) for s in order]
+        return "; ".join(shape_phrase(scene[i], rng, terse=True, said=s) for i, s in zip(order, says, strict=True))
+    phrases = [shape_phrase(scene[i], rng, said=s) for i, s in zip(order, says, strict=True)]
     body = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     if style == 1:
         return f"there is {body}"
-    if style == 2:
+    if style == 2 and whole:
         count = {1: "one shape", 2: "two shapes", 3: "three shapes"}[len(scene)]
         return f"{count}: {body}"
     if style == 3:
         return f"a picture of {body}"
     return body
+
+
+def agrees(shape: Shape, wanted: Shape, said: frozenset[str]) -> bool:
+    """Whether `shape` is of `wanted`'s kind and agrees with it on the attributes in `said`."""
+    return (
+        shape.kind == wanted.kind
+        and ("color" not in said or shape.color == wanted.color)
+        and ("size" not in said or shape.size == wanted.size)
+        and ("position" not in said or shape.cell == wanted.cell)
+    )
+
+
+def fits(scene: list[Shape], wanted: list[tuple[Shape, frozenset[str]]]) -> bool:
+    """Whether a description naming `wanted` (shape, what is said of it) is true of the scene: each
+    wanted shape agrees with a shape of its own in the scene."""
+    return any(
+        all(agrees(scene[i], shape, said) for i, (shape, said) in zip(chosen, wanted, strict=True))
+        for chosen in itertools.permutations(range(len(scene)), len(wanted))
+    )
+
+
+def annotated_scenes(dataset: RetrievalDataset) -> list[list[Shape]] | None:
+    """Every item's shapes from its `shapes` attribute (as synth-shapes' JSON records them); None
+    unless every item has one."""
+    attributes = dataset.item_attributes
+    if attributes is None or any("shapes" not in a for a in attributes):
+        return None
+    scenes = []
+    for item_id, a in zip(dataset.item_ids, attributes, strict=True):
+        try:
+            scenes.append(
+                [
+                    Shape(str(s["color"]), str(s["shape"]), str(s["size"]), (int(s["cell"][0]), int(s["cell"][1])))
+                    for s in a["shapes"]
+                ]
+            )
+        except (TypeError, KeyError, IndexError, ValueError) as exc:
+            raise DatasetFormatError(dataset.name, f"{item_id}: malformed 'shapes' annotation ({exc!r})") from None
+    return scenes
 
 
 def random_background(rng: np.random.Generator, size: int) -> Image.Image:

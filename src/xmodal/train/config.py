@@ -32,6 +32,7 @@ class TrainConfig:
     accum: int = 1  # micro-batches per optimizer step (negatives come from each micro-batch)
     precision: str = "fp32"  # "bf16": autocast matmuls/convolutions to bfloat16 (fast on AMX CPUs)
     modal_weight: float = 0.0
+    attribute_captions: float = 0.0  # share of captions replaced by partial descriptions (needs `shapes` annotations)
     seed: int = 0
     train_split: str = "train"
     val_split: str | None = "val"
@@ -55,6 +56,8 @@ class TrainConfig:
             raise InvalidArgumentError(
                 "batch_size", self.batch_size, f">= 2 per micro-batch ({self.accum} micro-batches)"
             )
+        if not 0 <= self.attribute_captions <= 1:
+            raise InvalidArgumentError("attribute_captions", self.attribute_captions, "a share in [0, 1]")
         if not 0 <= self.warmup < 1:
             raise InvalidArgumentError("warmup", self.warmup, "a share of the steps in [0, 1)")
 
@@ -72,4 +75,8 @@ class TrainConfig:
     def differences(self, saved: dict[str, Any]) -> list[str]:
         """Fields (that affect the weights) whose values differ from a saved run's config."""
         mine = self.to_dict()
-        return [f.name for f in fields(self) if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != mine[f.name]]
+        return [
+            f.name
+            for f in fields(self)
+            if f.name not in RESUMABLE_CHANGES and saved.get(f.name, f.default) != mine[f.name]
+        ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xmodal.datasets.synth_shapes import Shape, annotated_scenes
 from xmodal.errors import DatasetFormatError, MediaError
 from xmodal.eval.datasets.base import RetrievalDataset
 from xmodal.media.image import DecodeOptions, decode_image
@@ -36,6 +37,7 @@ class PairData:
     mask: np.ndarray
     item_texts: list[list[int]]  # image index -> its caption indices (non-empty)
     text_items: list[list[int]]  # caption index -> its image indices
+    scenes: list[list[Shape]] | None = None  # image index -> its shapes, when the dataset annotates them
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -78,6 +80,7 @@ def load_pairs(
         mask=tokens.attention_mask,
         item_texts=kept.item_positives,
         text_items=kept.text_positives,
+        scenes=annotated_scenes(kept),
     )
 
 

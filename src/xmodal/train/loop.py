@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from xmodal.errors import InvalidArgumentError, XmodalError
+from xmodal.errors import DatasetFormatError, InvalidArgumentError, XmodalError
 from xmodal.eval.datasets import ReadOptions, read_dataset
 from xmodal.eval.metrics import metrics_from_ranks, ranks_from_embeddings
 from xmodal.models.export import export_towers
 from xmodal.models.tokenizer import TextTokenizer
 from xmodal.progress import NullProgress, Progress
+from xmodal.train.attributes import AttributeCaption, attribute_caption, batch_positives
 from xmodal.train.config import TINY, TrainConfig
 from xmodal.train.data import Normalizer, PairData, load_pairs
 from xmodal.train.losses import ContrastiveLoss
@@ -118,6 +119,15 @@ def evaluate_pairs(model: torch.nn.Module, data: PairData, normalizer: Normalize
     }
 
 
+@dataclass
+class Batch:
+    """One step's image indices, caption index of each, and the attribute captions replacing some."""
+
+    images: np.ndarray
+    captions: np.ndarray
+    partial: list[AttributeCaption | None]
+
+
 class _Run:
     """State of one training run between epochs."""
 
@@ -131,6 +141,10 @@ class _Run:
         self.tokenizer = TextTokenizer(self.out / "tokenizer" / "tokenizer.json", self.model.text_cfg)
         self.normalizer = Normalizer(self.model.preprocess)
         self.train_data = load_pairs(train_set, self.model.preprocess, self.tokenizer, progress)
+        if config.attribute_captions and self.train_data.scenes is None:
+            raise DatasetFormatError(
+                config.dataset, "attribute captions need a 'shapes' annotation on every image (as synth-shapes writes)"
+            )
         self.val_data = None
         if config.val_split:
             val_set = read_dataset(config.dataset, ReadOptions(split=config.val_split, limit=config.val_limit))
@@ -193,31 +207,46 @@ class _Run:
         return self.epoch
 
     # -- epochs -----------------------------------------------------------------------------
-    def batches(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(image indices, caption indices) of every step: a permutation of the images, one random
-        caption of each, both drawn from a generator seeded by (seed, epoch)."""
+    def batches(self, epoch: int) -> list[Batch]:
+        """Every step's images and captions: a permutation of the images, one random caption of each
+        (a share of them replaced by attribute captions), drawn from a generator seeded by (seed, epoch)."""
         rng = np.random.default_rng([self.config.seed, epoch])
         order = rng.permutation(len(self.train_data))
         texts = self.train_data.item_texts
         captions = np.array([texts[i][rng.integers(len(texts[i]))] for i in order])
+        partial: list[AttributeCaption | None] = [None] * len(order)
+        if self.config.attribute_captions:
+            scenes = self.train_data.scenes
+            for n in np.flatnonzero(rng.random(len(order)) < self.config.attribute_captions):
+                if scenes[order[n]]:
+                    partial[n] = attribute_caption(scenes[order[n]], rng)
         size = self.config.batch_size
         return [
-            (order[s * size : (s + 1) * size], captions[s * size : (s + 1) * size]) for s in range(self.steps_per_epoch)
+            Batch(
+                order[s * size : (s + 1) * size],
+                captions[s * size : (s + 1) * size],
+                partial[s * size : (s + 1) * size],
+            )
+            for s in range(self.steps_per_epoch)
         ]
 
-    def step(self, images: np.ndarray, captions: np.ndarray) -> float:
+    def step(self, batch: Batch) -> float:
         """One optimizer step over `accum` micro-batches; returns the mean loss."""
         data, total = self.train_data, 0.0
         bf16 = self.config.precision == "bf16"
-        for part_images, part_captions in zip(
-            np.array_split(images, self.config.accum), np.array_split(captions, self.config.accum), strict=True
-        ):
+        for part in np.array_split(np.arange(len(batch.images)), self.config.accum):
+            images, partial = batch.images[part], [batch.partial[n] for n in part]
+            ids, mask = data.ids[batch.captions[part]], data.mask[batch.captions[part]]
+            positives = None
+            if any(partial):
+                replaced = [n for n, c in enumerate(partial) if c is not None]
+                tokens = self.tokenizer.encode([partial[n].text for n in replaced])
+                ids[replaced], mask[replaced] = tokens.ids, tokens.attention_mask
+                positives = torch.from_numpy(batch_positives([data.scenes[i] for i in images], partial))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                image = self.model.encode_image(self.normalizer(data.pixels[part_images]))
-                text = self.model.encode_text(
-                    torch.from_numpy(data.ids[part_captions]), torch.from_numpy(data.mask[part_captions])
-                )
-            loss = self.loss_fn(image, text) / self.config.accum
+                image = self.model.encode_image(self.normalizer(data.pixels[images]))
+                text = self.model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
+            loss = self.loss_fn(image, text, positives) / self.config.accum
             loss.backward()
             total += float(loss.detach())
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -232,8 +261,8 @@ class _Run:
         self.model.train()
         self.progress.start(f"epoch {self.epoch + 1}/{self.config.epochs}", self.steps_per_epoch)
         losses = []
-        for images, captions in self.batches(self.epoch):
-            losses.append(self.step(images, captions))
+        for batch in self.batches(self.epoch):
+            losses.append(self.step(batch))
             self.progress.advance()
         self.epoch += 1
         record: dict[str, Any] = {
@@ -253,7 +282,14 @@ class _Run:
         visual, textual = model.towers()
         spec = model.export_spec()
         spec.metadata.update(
-            {"name": self.config.name, "trained": {"loss": self.config.loss, "epochs": self.config.epochs}}
+            {
+                "name": self.config.name,
+                "trained": {
+                    "loss": self.config.loss,
+                    "epochs": self.config.epochs,
+                    "attribute_captions": self.config.attribute_captions,
+                },
+            }
         )
         if self.history and "val" in self.history[-1]:
             spec.metadata["trained"]["val"] = self.history[-1]["val"]

@@ -16,10 +16,13 @@ MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(logit_scale) at 100
 
 
 class ContrastiveLoss(nn.Module):
-    """Loss of a batch of matching (image, text) unit embeddings; row i of each is a positive pair.
+    """Loss of a batch of (image, text) unit embeddings; row i of each is a positive pair, and `positives`
+    (images x texts, bool) may mark more: captions that are true of several images of the batch.
 
-    infonce: symmetric cross-entropy over scale * cosine logits (scale = exp(logit_scale) <= 100).
-    siglip: -mean over images of sum_j log sigmoid(z_ij * (scale * cos_ij + bias)), z = +1 on the diagonal, else -1.
+    infonce: symmetric cross-entropy over scale * cosine logits (scale = exp(logit_scale) <= 100), the
+    target of each row spread evenly over its positives (multi-positive InfoNCE; plain InfoNCE when
+    the positives are the diagonal).
+    siglip: -mean over images of sum_j log sigmoid(z_ij * (scale * cos_ij + bias)), z = +1 on positives, else -1.
     modal_weight > 0 adds weight * ||mean(images) - mean(texts)||^2 / D, pulling the modalities' centres together.
     """
 
@@ -45,13 +48,18 @@ class ContrastiveLoss(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, text: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.scale * image.float() @ text.float().T
+        if positives is None:
+            positives = torch.eye(len(image), dtype=torch.bool, device=image.device)
         if self.kind == "infonce":
-            labels = torch.arange(len(image), device=image.device)
-            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            targets = positives.float()
+            loss = (
+                F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
+                + F.cross_entropy(logits.T, targets.T / targets.sum(0)[:, None])
+            ) / 2
         else:
-            signs = 2 * torch.eye(len(image), device=image.device) - 1
+            signs = 2 * positives.float() - 1
             loss = -F.logsigmoid(signs * (logits + self.logit_bias)).sum() / len(image)
         if self.modal_weight:
             loss = loss + self.modal_weight * F.mse_loss(image.float().mean(0), text.float().mean(0))

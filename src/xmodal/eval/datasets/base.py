@@ -49,6 +49,8 @@ class RetrievalDataset:
     problems: list[DatasetFormatError] = field(default_factory=list)  # malformed lines skipped
     texts_dropped: int = 0  # captions left without any present item
     language: str | None = None  # caption language, when the format says (e.g. "zh")
+    # item index -> structured annotation beyond captions (e.g. synth-shapes' {"shapes": [...]}); None: no item has one
+    item_attributes: list[dict[str, Any]] | None = None
 
     @property
     def item_positives(self) -> list[list[int]]:
@@ -84,6 +86,7 @@ class RetrievalDataset:
             texts=texts,
             text_positives=positives,
             texts_dropped=self.texts_dropped + len(self.texts) - len(texts),
+            item_attributes=None if self.item_attributes is None else [self.item_attributes[i] for i in keep],
         )
 
 
@@ -102,6 +105,7 @@ class DatasetBuilder:
         self._items: dict[str, MediaSource] = {}
         self._missing: dict[str, None] = {}  # ordered set of absent item ids
         self._texts: list[tuple[str, list[str]]] = []
+        self._attributes: dict[str, dict[str, Any]] = {}
 
     def problem(self, path: Path, reason: str, line: int | None = None) -> None:
         """A malformed record: raise when strict, else remember it and go on."""
@@ -111,15 +115,17 @@ class DatasetBuilder:
         log.warning("skipped %s", error)
         self.problems.append(error)
 
-    def add_item(self, item_id: str, source: MediaSource) -> None:
-        """A gallery item; a file that does not exist is reported as missing, and items past the
-        limit are ignored (the first source given for an id wins)."""
+    def add_item(self, item_id: str, source: MediaSource, attributes: dict[str, Any] | None = None) -> None:
+        """A gallery item (with its structured annotation, if the format has one); a file that does not
+        exist is reported as missing, and items past the limit are ignored (the first source given for an id wins)."""
         if item_id in self._items or item_id in self._missing:
             return
         if isinstance(source, Path) and not source.is_file():
             self._missing[item_id] = None
         elif not self.full:
             self._items[item_id] = source
+            if attributes:
+                self._attributes[item_id] = attributes
 
     def has_item(self, item_id: str) -> bool:
         """Whether the id was added as a present item."""
@@ -162,6 +168,7 @@ class DatasetBuilder:
             problems=self.problems,
             texts_dropped=dropped,
             language=self.language,
+            item_attributes=[self._attributes.get(i, {}) for i in self._items] if self._attributes else None,
         )
 
     def missing_item(self, item_id: str) -> None:

@@ -45,8 +45,13 @@ def _caption(value: object) -> str | None:
     return None
 
 
+# Fields every Karpathy record has; any others (e.g. synth-shapes' `shapes`) become the item's attributes.
+KARPATHY_FIELDS = frozenset({"filepath", "filename", "imgid", "split", "sentences", "sentids", "cocoid"})
+
+
 def read_karpathy(path: Path, options: ReadOptions) -> RetrievalDataset:
-    """Karpathy's `dataset_coco.json` / `dataset_flickr30k.json`: images[] with split and sentences."""
+    """Karpathy's `dataset_coco.json` / `dataset_flickr30k.json`: images[] with split and sentences (and
+    any further per-image fields as the item's attributes)."""
     file = path if path.is_file() else _single(path, "dataset_*.json", "Karpathy split JSON")
     data = load_json(file)
     entries = data.get("images") if isinstance(data, dict) else None
@@ -65,7 +70,10 @@ def read_karpathy(path: Path, options: ReadOptions) -> RetrievalDataset:
         matched += 1
         rel = Path(entry.get("filepath") or "") / entry["filename"]
         item_id = rel.as_posix()
-        builder.add_item(item_id, find_media(roots, _candidates(COCO_IMAGE_FOLDERS + FLICKR_IMAGE_FOLDERS[1:], rel)))
+        extra = {k: v for k, v in entry.items() if k not in KARPATHY_FIELDS}
+        builder.add_item(
+            item_id, find_media(roots, _candidates(COCO_IMAGE_FOLDERS + FLICKR_IMAGE_FOLDERS[1:], rel)), extra
+        )
         for k, sentence in enumerate(entry.get("sentences") or []):
             text = _caption(sentence.get("raw") if isinstance(sentence, dict) else None)
             if text is None:

@@ -23,10 +23,13 @@ from xmodal.eval.datasets.base import ReadOptions, RetrievalDataset
 
 log = logging.getLogger(__name__)
 
+SCHEMA = 2  # of the stored split; 2: items' attributes (RetrievalDataset.item_attributes) are kept
+
 
 def _key(fmt: str, file: Path, options: ReadOptions) -> str:
     stat = file.stat()
     parts = [
+        SCHEMA,
         xmodal.__version__,
         fmt,
         str(file),
