@@ -1,44 +1,36 @@
-"""`xmodal demo`: the product end to end, offline, in well under a minute — generate a small photo
-library of coloured shapes, index it with the shipped model, and search it by text and by example.
+"""`xmodal demo`: the product end to end, offline, in seconds — generate a small photo library of
+coloured shapes, index it with the shipped model, and search it by text.
 
 The generated library knows its answers (every photo's shapes are in its annotation file), so the
-demo also says which hits are right: a real retrieval check, not a show of arbitrary scores.
+demo asks for shapes that are in it and says which hits are right: a real retrieval check, not a
+show of arbitrary scores.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from xmodal.datasets import ANNOTATIONS, SynthConfig, generate_synth_shapes
+from xmodal.datasets.synth_shapes import Shape, annotated_scenes, fits, shape_phrase
+from xmodal.errors import DatasetFormatError
+from xmodal.eval.datasets import ReadOptions, read_dataset
 from xmodal.library import Library
 from xmodal.progress import Progress
 from xmodal.search import SearchResults
 from xmodal.store.ingest import IndexReport
 
-log = logging.getLogger(__name__)
-
 DEMO_MODEL = "xmodal-tiny-shapes"
-
-
-@dataclass(frozen=True)
-class DemoQuery:
-    """A text query and what a right answer contains: a shape of this colour and kind (and size)."""
-
-    text: str
-    color: str
-    kind: str
-    size: str | None = None
-
-
-DEMO_QUERIES = (
-    DemoQuery("a red circle", "red", "circle"),
-    DemoQuery("a large blue square", "blue", "square", "large"),
-    DemoQuery("green triangle", "green", "triangle"),
-    DemoQuery("a small yellow star", "yellow", "star", "small"),
-    DemoQuery("a purple diamond", "purple", "diamond"),
+# What each demo query says of its shape besides the kind: mostly what people type first.
+DEMO_FORMS = (
+    frozenset({"color"}),
+    frozenset({"color"}),
+    frozenset({"color"}),
+    frozenset({"size", "color"}),
+    frozenset({"color", "position"}),
 )
 
 
@@ -49,6 +41,7 @@ class DemoSearch:
     query: str
     results: SearchResults
     correct: list[bool]
+    relevant: int  # photos in the library the query fits
 
 
 @dataclass
@@ -63,46 +56,48 @@ class DemoReport:
 def run_demo(
     folder: str | Path, *, n: int = 200, seed: int = 7, k: int = 3, progress: Progress | None = None
 ) -> DemoReport:
-    """Generate `n` captioned shape photos under `folder`/photos (once), index them into the
-    library `folder`/library with the shipped model, and run the demo searches."""
+    """Generate `n` annotated shape photos under `folder`/photos (once), index them into the
+    library `folder`/library with the shipped model, and search for shapes the photos hold."""
     folder = Path(folder).expanduser().absolute()
-    photos = folder / "photos"
-    annotations = photos / ANNOTATIONS
+    annotations = folder / "photos" / ANNOTATIONS
     if not annotations.is_file():
-        generate_synth_shapes(photos, SynthConfig(n=n, seed=seed), progress)
-    shapes = _shapes_by_path(annotations)
+        generate_synth_shapes(folder / "photos", SynthConfig(n=n, seed=seed), progress)
+    dataset = read_dataset(f"karpathy:{annotations}", ReadOptions(split=None))
+    scenes = annotated_scenes(dataset)
+    if scenes is None:
+        raise DatasetFormatError(annotations, "photos without a 'shapes' annotation; delete the folder to regenerate")
+    scene_of = {str(path): scene for path, scene in zip(dataset.items, scenes, strict=True)}
     with Library(folder / "library") as lib:
-        report = lib.index([photos / "images"], model=DEMO_MODEL, progress=progress)
-        searches = [_text_search(lib, q, k, shapes) for q in DEMO_QUERIES]
-        example = sorted(shapes)[0]
-        searches.append(_example_search(lib, example, k, shapes))
-    return DemoReport(folder, folder / "library", len(shapes), report, searches)
+        report = lib.index([folder / "photos" / "images"], model=DEMO_MODEL, progress=progress)
+        searches = []
+        for text, wanted in demo_queries(scenes):
+            results = lib.search(text=text, k=k)
+            correct = [fits(scene_of.get(hit.path, []), wanted) for hit in results]
+            searches.append(DemoSearch(text, results, correct, sum(fits(s, wanted) for s in scenes)))
+    return DemoReport(folder, folder / "library", len(scenes), report, searches)
 
 
-def _shapes_by_path(annotations: Path) -> dict[str, list[dict]]:
-    data = json.loads(annotations.read_text())
-    root = annotations.parent
-    return {str(root / i["filepath"] / i["filename"]): i["shapes"] for i in data["images"]}
+def demo_queries(scenes: list[list[Shape]]) -> list[tuple[str, list[tuple[Shape, frozenset[str]]]]]:
+    """One query per DEMO_FORMS entry, each for the most frequent shape description of its form
+    not asked yet (so that the library holds several right answers), phrased like the captions."""
+    rng = np.random.default_rng(0)
+    queries, asked = [], set()
+    for said in DEMO_FORMS:
+        counts = Counter(_description(shape, said) for scene in scenes for shape in set(scene))
+        for description, _ in sorted(counts.items(), key=lambda c: (-c[1], c[0])):
+            if description not in asked:
+                asked.add(description)
+                shape = next(s for scene in scenes for s in scene if _description(s, said) == description)
+                queries.append((shape_phrase(shape, rng, said=said), [(shape, said)]))
+                break
+    return queries
 
 
-def _text_search(lib: Library, query: DemoQuery, k: int, shapes: dict[str, list[dict]]) -> DemoSearch:
-    results = lib.search(text=query.text, k=k)
-
-    def right(path: str) -> bool:
-        return any(
-            s["color"] == query.color and s["shape"] == query.kind and query.size in (None, s["size"])
-            for s in shapes.get(path, [])
-        )
-
-    return DemoSearch(query.text, results, [right(hit.path) for hit in results])
-
-
-def _example_search(lib: Library, example: str, k: int, shapes: dict[str, list[dict]]) -> DemoSearch:
-    """Photos like `example`: right when they share one of its (colour, kind) shapes."""
-    results = lib.search(image=example, k=k + 1)
-    wanted = {(s["color"], s["shape"]) for s in shapes[example]}
-    hits = [h for h in results if h.path != example][:k]
-    correct = [bool(wanted & {(s["color"], s["shape"]) for s in shapes.get(h.path, [])}) for h in hits]
-    return DemoSearch(
-        f"photos like {Path(example).name}", SearchResults(hits, results.min_score, results.best_score), correct
+def _description(shape: Shape, said: frozenset[str]) -> tuple:
+    """What a query of form `said` says about `shape` (equal descriptions = the same query)."""
+    return (
+        shape.kind,
+        shape.color if "color" in said else None,
+        shape.size if "size" in said else None,
+        shape.cell if "position" in said else None,
     )

@@ -20,7 +20,7 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Offline tour in under a minute: photos of coloured shapes, indexed with the shipped model
-    xmodal-tiny-shapes, searched by text and by example; the photos' annotations say which hits are right."""
+    xmodal-tiny-shapes and searched by text; the photos' annotations say which hits are right."""
     from xmodal.demo import DEMO_MODEL, run_demo
     from xmodal.store.catalog import display_path
 
@@ -28,11 +28,12 @@ def demo(
         report = run_demo(out, n=n, k=k, progress=progress)
     _say(f"library {report.library}: {report.photos} photos indexed with {DEMO_MODEL}; {report.index.summary()}")
     for search in report.searches:
-        _say(f"\nsearch: {search.query}")
+        _say(f"\nsearch: {search.query}  ({search.relevant} photos of the library fit it)")
         for hit, right in zip(search.results, search.correct, strict=True):
             _say(f"  {hit.rank:>2}  {hit.score:.3f}  {'right' if right else 'wrong':5}  {display_path(hit.path)}")
     right = sum(sum(s.correct) for s in report.searches)
     total = sum(len(s.correct) for s in report.searches)
     _say(f"\n{right} of {total} hits are right by the photos' own annotations.")
     _say(f'Try your own: xmodal search "a black cross at the bottom right" --library {report.library}')
+    _say(f"Search by example: xmodal search --image {report.searches[0].results[0].path} --library {report.library}")
     _say("Index your photos: xmodal index ~/Pictures --model ViT-B-32__openai  (model weights: xmodal models pull)")
