@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 WORK="${1:-runs/tiny-shapes}"
 PYTHON="${PYTHON:-python}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-"$PYTHON" -m xmodal datasets synth-shapes --out "$WORK/data" --n 16000 --seed 12345 --quiet
+"$PYTHON" -m xmodal datasets synth-shapes --out "$WORK/data" --n 24000 --seed 12345 --quiet
 "$PYTHON" -m xmodal train "karpathy:$WORK/data/dataset_synth_shapes.json" --out "$WORK/run" --restart \
-  --epochs 12 --batch-size 128 --seed 0 --threads 2 --attribute-captions 0.8 --quiet \
+  --epochs 14 --batch-size 128 --seed 0 --threads 2 --attribute-captions 0.8 --quiet \
   --name xmodal-tiny-shapes --export src/xmodal/shipped/xmodal-tiny-shapes

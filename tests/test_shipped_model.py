@@ -15,7 +15,7 @@ from xmodal.eval.attribute_queries import attribute_query_precision
 from xmodal.models import registry
 
 NAME = "xmodal-tiny-shapes"
-PRECISION_AT_3 = 0.64  # of "a {colour} {kind}" queries: measured 0.743 (BENCHMARKS.md) less 0.1
+PRECISION_AT_3 = 0.7  # of "a {colour} {kind}" queries: measured 0.806 (BENCHMARKS.md) less 0.1
 
 
 def test_shipped_model_is_known_by_name_and_small():
