@@ -33,7 +33,7 @@ def test_demo_indexes_the_library_and_finds_what_it_asks_for(tmp_path: Path):
         for hit in search.results:
             assert Path(hit.path).parent == tmp_path / "demo" / "photos" / "images" and Path(hit.path).is_file()
     right = sum(sum(s.correct) for s in report.searches)
-    assert right >= 12, [(s.query, s.correct) for s in report.searches]  # 14 of 15 with the shipped model
+    assert right >= 12, [(s.query, s.correct) for s in report.searches]  # 13 of 15 with the shipped model
     with Library(report.library) as lib:
         assert lib.status()["items"]["image"] == 200
 
