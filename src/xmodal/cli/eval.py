@@ -20,7 +20,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECALL_UNIT_HELP = "Show recalls in percent instead of fractions (0-1); JSON always holds fractions."
+# Options both benchmarks take, declared once (Typer reads each default's OptionInfo per command).
+PRECISION_OPTION = typer.Option("fp32", help="Model precision: fp32, int8 or bf16.")
+NO_CACHE_OPTION = typer.Option(
+    False, "--no-cache", help="Embed everything again; do not read or write the embedding cache."
+)
+CACHE_FILE_OPTION = typer.Option(
+    None, "--cache", help="Embedding cache database (default: XMODAL_CACHE/eval/embeddings.sqlite)."
+)
+BATCH_SIZE_OPTION = typer.Option(32, min=1, help="Images per model call.")
+PERCENT_OPTION = typer.Option(
+    False, "--percent", help="Show recalls in percent instead of fractions (0-1); JSON always holds fractions."
+)
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
 def _out_dir(out: Path | None, prefix: str) -> Path:
@@ -100,19 +112,15 @@ def evaluate(
     out: Path = typer.Option(
         None, help="Folder for results.md/.csv/.json, ranks.npz and plots (default: ./xmodal-eval-DATE-TIME)."
     ),
-    precision: str = typer.Option("fp32", help="Model precision: fp32, int8 or bf16."),
-    no_cache: bool = typer.Option(
-        False, "--no-cache", help="Embed everything again; do not read or write the embedding cache."
-    ),
-    cache_file: Path = typer.Option(
-        None, "--cache", help="Embedding cache database (default: XMODAL_CACHE/eval/embeddings.sqlite)."
-    ),
+    precision: str = PRECISION_OPTION,
+    no_cache: bool = NO_CACHE_OPTION,
+    cache_file: Path = CACHE_FILE_OPTION,
     frames: int = typer.Option(8, min=1, help="Frames sampled uniformly per video (their embeddings are averaged)."),
-    batch_size: int = typer.Option(32, min=1, help="Images per model call."),
+    batch_size: int = BATCH_SIZE_OPTION,
     language: str = typer.Option(None, help="Caption language for multilingual (NLLB) models, e.g. en, zh, deu_Latn."),
-    percent: bool = typer.Option(False, "--percent", help=RECALL_UNIT_HELP),
+    percent: bool = PERCENT_OPTION,
     strict: bool = typer.Option(False, help="Stop at the first malformed dataset line instead of skipping it."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Retrieval benchmark: R@1/5/10, MedR, MnR and MR of each model on each dataset, both directions.
 
@@ -222,18 +230,14 @@ def zeroshot(
     out: Path = typer.Option(
         None, help="Folder for results, per-class tables and confusion matrices (default: ./xmodal-zeroshot-DATE-TIME)."
     ),
-    precision: str = typer.Option("fp32", help="Model precision: fp32, int8 or bf16."),
-    no_cache: bool = typer.Option(
-        False, "--no-cache", help="Embed everything again; do not read or write the embedding cache."
-    ),
-    cache_file: Path = typer.Option(
-        None, "--cache", help="Embedding cache database (default: XMODAL_CACHE/eval/embeddings.sqlite)."
-    ),
-    batch_size: int = typer.Option(32, min=1, help="Images per model call."),
+    precision: str = PRECISION_OPTION,
+    no_cache: bool = NO_CACHE_OPTION,
+    cache_file: Path = CACHE_FILE_OPTION,
+    batch_size: int = BATCH_SIZE_OPTION,
     language: str = typer.Option(None, help="Prompt language for multilingual (NLLB) models."),
-    percent: bool = typer.Option(False, "--percent", help=RECALL_UNIT_HELP),
+    percent: bool = PERCENT_OPTION,
     strict: bool = typer.Option(False, help="Stop at the first malformed CSV line instead of skipping it."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Zero-shot classification: top-1, top-5, mean per-class recall, per-class table, confusion matrix."""
     from xmodal.eval import report
