@@ -19,17 +19,23 @@ class InvalidArgumentError(XmodalError, ValueError):
         self.value = value
 
 
+class FileProblemError(XmodalError):
+    """A file is the problem: the message is "path: reason" (or "path:line: reason")."""
+
+    def __init__(self, path: str | Path, reason: str, line: int | None = None):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {reason}")
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+
+
 class ModelNotFoundError(XmodalError):
     """A model name or folder could not be resolved to files on disk."""
 
 
-class ModelFormatError(XmodalError):
+class ModelFormatError(FileProblemError):
     """A model folder exists but a file in it is missing, unreadable or malformed."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 class MediaError(XmodalError):
@@ -45,15 +51,8 @@ class ImageTooLargeError(MediaError):
     """An image declares more pixels than the configured limit (decompression-bomb guard)."""
 
 
-class DatasetFormatError(XmodalError):
+class DatasetFormatError(FileProblemError):
     """A dataset file is malformed; names file, line (when known) and reason."""
-
-    def __init__(self, path: str | Path, reason: str, line: int | None = None):
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {reason}")
-        self.path = str(path)
-        self.line = line
-        self.reason = reason
 
 
 class LibraryError(XmodalError):
@@ -76,13 +75,8 @@ def describe_item(item: object) -> str:
     return f"<{type(item).__name__}>"
 
 
-class IndexFileError(LibraryError):
+class IndexFileError(FileProblemError, LibraryError):
     """A saved vector index cannot be served; the library rebuilds it from the catalog."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 class IndexCorruptError(IndexFileError):
