@@ -147,7 +147,7 @@ def evaluate(
     wanted = [d.strip() for d in directions.split(",") if d.strip()] if directions else None
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
         if library is not None:
-            results, failed = _evaluate_library(library, captions, model, options, wanted, cache, progress)
+            results, failed = _evaluate_library(library, captions, model, options, language, wanted, cache, progress)
         else:
             failed = False
             datasets = []
@@ -195,8 +195,13 @@ def evaluate(
         raise typer.Exit(1)
 
 
-def _evaluate_library(folder: Path, captions: str, models: list[str] | None, options, wanted, cache, progress):
-    """Every asked model (default: all the library's models) on the library with the captions."""
+def _evaluate_library(
+    folder: Path, captions: str, models: list[str] | None, options, language: str | None, wanted, cache, progress
+):
+    """Every asked model (default: all the library's models, each at the precision it indexed
+    with) on the library with the captions."""
+    from dataclasses import replace
+
     from xmodal.eval.datasets import read_dataset
     from xmodal.eval.library import evaluate_library
     from xmodal.library import Library
@@ -206,7 +211,8 @@ def _evaluate_library(folder: Path, captions: str, models: list[str] | None, opt
     results, failed = [], False
     with Library(folder) as lib:
         data = read_dataset(captions, options)
-        for name in models or [m["key"] for m in lib.status()["models"]]:
+        data = replace(data, language=language or data.language)
+        for name in models or [m.key for m in lib.catalog.models()]:
             try:
                 results.append(
                     evaluate_library(lib, data, model=name, directions=wanted, cache=cache, progress=progress)

@@ -17,8 +17,6 @@ from xmodal.eval.retrieval import RetrievalResult, evaluate_embedded
 from xmodal.library import Library, LibraryVectors
 from xmodal.progress import Progress
 
-NOT_INDEXED = "not indexed in the library"
-
 
 def library_dataset(
     captions: RetrievalDataset, gallery: LibraryVectors, folder: Path
@@ -54,7 +52,8 @@ def library_dataset(
         texts_dropped=captions.texts_dropped + len(captions.texts) - len(texts),
         language=captions.language,
     )
-    return dataset, gallery.vectors[np.asarray(members, dtype=np.int64)]
+    whole = len(members) == len(gallery.types)  # one media type: no copy of the vectors
+    return dataset, gallery.vectors if whole else gallery.vectors[np.asarray(members, dtype=np.int64)]
 
 
 def evaluate_library(

@@ -141,10 +141,11 @@ def evaluate_embedded(
     chosen = directions_for(dataset.kind, directions)
     started = time.perf_counter()
     evaluated = dataset.without_items(failures)
-    keep = np.array([i for i in range(len(dataset.items)) if i not in failures], dtype=np.int64)
+    if failures:  # a copy of the gallery only when rows must go
+        item_vectors = item_vectors[[i for i in range(len(dataset.items)) if i not in failures]]
     texts = embed_texts(encoder, evaluated.texts, language=dataset.language, cache=cache, progress=progress)
     texts_done = time.perf_counter()
-    results = _rank(chosen, item_vectors[keep], texts.vectors, evaluated, ks)
+    results = _rank(chosen, item_vectors, texts.vectors, evaluated, ks)
     finished = time.perf_counter()
     return RetrievalResult(
         model=encoder.name,
