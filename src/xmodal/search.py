@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from xmodal.errors import InvalidArgumentError
-from xmodal.media.walk import image_extensions
+from xmodal.media.formats import image_extensions
 from xmodal.models.encoder import Encoder, l2_normalize
 from xmodal.store.catalog import display_path
 
