@@ -62,15 +62,3 @@ class EmbeddingStore:
         if model_key is None:
             return self.conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
         return self.conn.execute("SELECT COUNT(*) FROM embeddings WHERE model_key = ?", (model_key,)).fetchone()[0]
-
-    def delete_unreferenced(self, model_key: str, keep: set[str]) -> int:
-        """Drop vectors of `model_key` whose content hash is not in `keep`."""
-        stale = [
-            h
-            for (h,) in self.conn.execute("SELECT content_hash FROM embeddings WHERE model_key = ?", (model_key,))
-            if h not in keep
-        ]
-        self.conn.executemany(
-            "DELETE FROM embeddings WHERE model_key = ? AND content_hash = ?", [(model_key, h) for h in stale]
-        )
-        return len(stale)
