@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.errors import InvalidArgumentError, LibraryError, XmodalError
 from xmodal.media.walk import WalkOptions
 from xmodal.models import Encoder, load_model
-from xmodal.models.registry import known_models
-from xmodal.paths import default_library_dir
 from xmodal.progress import Progress
 from xmodal.search import (
     Hit,
@@ -82,7 +81,7 @@ class Library:
     """A library folder (created when missing). Use as a context manager or call `close()`."""
 
     def __init__(self, path: str | os.PathLike | None = None):
-        self.folder = Path(path).expanduser() if path is not None else default_library_dir()
+        self.folder = Path(path).expanduser() if path is not None else settings.current().library_dir
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -313,9 +312,9 @@ class Library:
         record = ModelRecord(
             key=encoder.model_key,
             name=encoder.name,
-            source=str(encoder.config.folder.resolve()),
+            source=encoder.source,
             precision=encoder.precision,
-            family=model_family(encoder),
+            family=encoder.family,
             dim=encoder.dim,
             index_spec="auto",
             search_params=None,
@@ -462,20 +461,6 @@ class Library:
             "up_to_date": state.get("revision") == self.catalog.revision(),
             "path": str(self._index_dir(record.key) / "index"),
         }
-
-
-def model_family(encoder: Encoder) -> str:
-    """The model's family: from xmodal's catalogue by name, else from its folder's config."""
-    for known in known_models():
-        if known.name == encoder.name:
-            return known.family
-    raw = encoder.config.raw
-    model_type = (raw.get("xmodal") or {}).get("model_type")
-    if model_type:
-        return str(model_type)
-    if "init_logit_bias" in raw:  # open_clip configs of SigLIP models carry their sigmoid bias
-        return "siglip"
-    return "clip"
 
 
 def _iso(ts: float | None) -> str | None:

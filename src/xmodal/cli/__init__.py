@@ -7,6 +7,7 @@ import os
 
 import typer
 
+from xmodal import settings
 from xmodal.cli import datasets as datasets_cli
 from xmodal.cli import demo as demo_cli
 from xmodal.cli import eval as eval_cli
@@ -40,6 +41,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    settings.configure()  # XMODAL_* variables read (and a bad one refused) once, before any work
 
 
 def main() -> None:
