@@ -136,7 +136,10 @@ def test_cli_refuses_a_public_bind_without_key():
     env.pop("XMODAL_API_KEY", None)
     result = subprocess.run(
         [sys.executable, "-m", "xmodal", "serve", "--ml-only", "--host", "0.0.0.0"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "without an API key" in result.stderr and "Traceback" not in result.stderr
@@ -149,7 +152,10 @@ def test_cli_serves_ml_only_with_preload_and_stops_on_sigint():
     env = {**os.environ, "PYTHONPATH": str(SRC), "XMODAL_MODEL_TTL": "0"}
     process = subprocess.Popen(
         [sys.executable, "-m", "xmodal", "serve", "--ml-only", "--port", str(port), "--preload", SHIPPED],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -325,8 +331,9 @@ def test_the_event_loop_answers_while_inference_runs():
     with running_server(Settings(preload=(SHIPPED,), serve_threads=2)) as running:
         result = {}
         worker = threading.Thread(
-            target=lambda: result.update(r=post_predict(httpx.Client(base_url=running.url, timeout=120),
-                                                        immich_image_request(SHIPPED, data)))
+            target=lambda: result.update(
+                r=post_predict(httpx.Client(base_url=running.url, timeout=120), immich_image_request(SHIPPED, data))
+            )
         )
         worker.start()
         seen_in_use = False
