@@ -13,6 +13,7 @@ from xmodal.cli import demo as demo_cli
 from xmodal.cli import eval as eval_cli
 from xmodal.cli import library as library_cli
 from xmodal.cli import models as models_cli
+from xmodal.cli import serve as serve_cli
 from xmodal.cli import signals
 from xmodal.cli import train as train_cli
 from xmodal.cli.console import err_console
@@ -35,6 +36,7 @@ app.command("eval")(eval_cli.evaluate)
 app.command("zeroshot")(eval_cli.zeroshot)
 app.command("train")(train_cli.train)
 app.command("demo")(demo_cli.demo)
+app.command("serve")(serve_cli.serve)
 
 
 @app.callback()
