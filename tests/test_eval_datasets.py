@@ -236,8 +236,6 @@ def test_classification_folder_csv_and_names(tmp_path):
         read_classification(tmp_path, classnames=tmp_path / "names.json")
 
 
-
-
 # -- real samples (shared/realdata) ----------------------------------------------------------
 
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"shared real data not found at {REALDATA}")

@@ -158,7 +158,7 @@ def write_csv(results: Sequence[RetrievalResult], path: Path, unit: str = "fract
     recalls = recall_keys(results)
     scale = 100.0 if unit == "percent" else 1.0
     label = _unit_label(unit)
-    header = ["direction", "model", "dataset", "queries", "gallery", *(f"{r} ({label})" for r in recalls)]
+    header = ["Direction", "Model", "Dataset", "Queries", "Gallery", *(f"{r} ({label})" for r in recalls)]
     header += ["MedR", "MnR", f"MR ({label})", "split", "items", "texts", "missing", "failed"]
     header += ["precision", "model_key", "xmodal_version", "wall_time_s"]
     with open(path, "w", newline="", encoding="utf-8") as fp:
