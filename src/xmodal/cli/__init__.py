@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import typer
 
+import xmodal
 from xmodal.cli import datasets as datasets_cli
 from xmodal.cli import demo as demo_cli
 from xmodal.cli import eval as eval_cli
 from xmodal.cli import library as library_cli
 from xmodal.cli import models as models_cli
 from xmodal.cli import train as train_cli
-from xmodal.cli.console import err_console
+from xmodal.cli.console import error, flag
 from xmodal.errors import XmodalError
 
 app = typer.Typer(
@@ -34,22 +36,60 @@ app.command("train")(train_cli.train)
 app.command("demo")(demo_cli.demo)
 
 
+class _MessageFormatter(logging.Formatter):
+    """`warning: message` (the level in lower case, no module names): the CLI's one message style."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
+def _version(show: bool) -> None:
+    if show:
+        typer.echo(f"xmodal {xmodal.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr.")) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+def _root(
+    verbose: bool = flag("Log progress details to stderr.", "--verbose", "-v"),
+    version: bool = flag("Print the version and exit.", "--version", callback=_version, is_eager=True),
+) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_MessageFormatter())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
 
 
-def main() -> None:
-    """Console-script entry point: XmodalError becomes a one-line message and exit code 1."""
+def _usage_message(exc: typer.TyperException) -> tuple[str, str | None]:
+    """(message, option at fault) of a command-line mistake, in xmodal's own words."""
+    if isinstance(exc, typer.BadParameter):
+        hint = exc.param_hint if isinstance(exc.param_hint, str) else None
+        if hint is None and exc.param is not None:
+            hint = exc.param.opts[0] if exc.param.param_type_name == "option" else exc.param.human_readable_name
+        message = exc.message.removeprefix("Value error, ") or "is required"  # MissingParameter has none
+        return message, hint
+    return exc.format_message(), None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point. Every error is one `error: ...` line on stderr (naming the
+    option when one is at fault); exit codes: 0 done, 1 failed, 2 command-line mistake, 130 Ctrl-C."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app()
+        code = app(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except typer.TyperException as exc:  # a command-line mistake (typer's UsageError family)
+        message, option = _usage_message(exc)
+        ctx = getattr(exc, "ctx", None)
+        if option is None and ctx is not None:
+            message += f" (see {ctx.command_path} --help)"
+        error(message, option)
+        return exc.exit_code
+    except typer.Abort:
+        error("interrupted")
+        return 130
     except XmodalError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise SystemExit(1) from None
+        error(str(exc))
+        return 1
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        raise SystemExit(130) from None
+        error("interrupted")
+        return 130
+    return code if isinstance(code, int) else 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import console, progress_bar
+from xmodal.cli.console import console, flag, progress_bar
 
 
 def _say(text: str) -> None:
@@ -17,7 +17,7 @@ def demo(
     out: Path = typer.Option(Path("xmodal-demo"), "--out", help="Folder for the generated photos and the library."),
     n: int = typer.Option(200, "--n", min=10, help="Number of photos to generate."),
     k: int = typer.Option(3, "-k", min=1, help="Results per search."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = flag("No progress bars.", "--quiet", "-q"),
 ) -> None:
     """Offline tour in under a minute: photos of coloured shapes, indexed with the shipped model
     xmodal-tiny-shapes and searched by text; the photos' annotations say which hits are right."""

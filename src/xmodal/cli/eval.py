@@ -31,16 +31,16 @@ FORCE_OPTION = flag("Write into --out even if it already holds files (they are o
 QUIET_OPTION = flag("No progress bars.", "--quiet", "-q")
 
 
-def _csv_ints(value: str | None) -> list[int] | None:
+def _csv_ints(value: str, option: str) -> list[int]:
     """`1,5,10,50` -> [1, 5, 10, 50]; a clear error naming the option otherwise."""
-    if value is None:
-        return None
     try:
         ks = sorted({int(v) for v in value.split(",") if v.strip()})
     except ValueError:
-        raise typer.BadParameter(f"{value!r}: expected comma-separated whole numbers, e.g. 1,5,10,50") from None
+        raise typer.BadParameter(
+            f"{value!r}: expected comma-separated whole numbers, e.g. 1,5,10,50", param_hint=option
+        ) from None
     if not ks or ks[0] < 1:
-        raise typer.BadParameter(f"{value!r}: every K must be at least 1")
+        raise typer.BadParameter(f"{value!r}: every K must be at least 1", param_hint=option)
     return ks
 
 
@@ -55,7 +55,10 @@ def _out_folder(out: Path | None, prefix: str, force: bool) -> Path:
     try:
         return prepare_folder(out or Path(f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"), overwrite=force)
     except OutputFolderError as exc:
-        raise typer.BadParameter(f"{exc} (--force)", param_hint="--out") from None
+        raise typer.BadParameter(
+            f"{exc.folder} already holds files ({exc.shown}); pass --force to overwrite them, or choose another folder",
+            param_hint="--out",
+        ) from None
 
 
 @contextmanager
@@ -174,7 +177,7 @@ def evaluate(
         raise typer.BadParameter(
             "applies to one dataset; give each its folder as FORMAT:PATH@IMAGES instead", param_hint="--images"
         )
-    ks = _csv_ints(recall_k)
+    ks = _csv_ints(recall_k, "--recall-k")
     wanted = _csv_words(directions)
     unknown = [d for d in wanted or [] if d not in DIRECTIONS]
     if unknown:

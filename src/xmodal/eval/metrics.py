@@ -1,4 +1,4 @@
-"""Retrieval metrics with the exact definitions of design §4.
+"""Retrieval metrics, defined exactly (the same numbers as CLIP_benchmark's recall@k and Chinese-CLIP's MR).
 
 Rank of a query = 1-based position of its best positive when the gallery is sorted by score,
 descending, ties kept in gallery order (stable sort). With several positives the best (minimum)

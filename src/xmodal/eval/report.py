@@ -35,8 +35,8 @@ class OutputFolderError(XmodalError):
     """The output folder already holds files and overwriting was not allowed."""
 
     def __init__(self, folder: Path, files: list[str]):
-        shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
-        super().__init__(f"{folder} already holds files ({shown}); choose another folder or allow overwriting")
+        self.shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+        super().__init__(f"{folder} already holds files ({self.shown}); choose another folder or allow overwriting")
         self.folder = folder
 
 
