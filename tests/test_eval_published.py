@@ -71,7 +71,9 @@ def test_flickr8k_release_folder_and_token_file(flickr8k):
         read_dataset(flickr8k, ReadOptions(strict=True, split=None))
     tokens = flickr8k / "Flickr8k.token.txt"
     tokens.write_text("".join(line for line in tokens.open() if "\t" in line))
-    with pytest.raises(DatasetFormatError, match=r"partial dataset: 1 files not found \(first: 3000_a.jpg\); 5 captions"):
+    with pytest.raises(
+        DatasetFormatError, match=r"partial dataset: 1 files not found \(first: 3000_a.jpg\); 5 captions"
+    ):
         read_dataset(flickr8k, ReadOptions(strict=True, split=None))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 
 import typer
@@ -24,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: flags as flags, values with their metavar, text wrapped to the terminal
 )
 app.add_typer(models_cli.app, name="models")
 app.command("index")(library_cli.index)
@@ -43,6 +45,22 @@ class _MessageFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {super().format(record)}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a record comes (not the one at setup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(_MessageFormatter())
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _version(show: bool) -> None:
     if show:
         typer.echo(f"xmodal {xmodal.__version__}")
@@ -54,9 +72,7 @@ def _root(
     verbose: bool = flag("Log progress details to stderr.", "--verbose", "-v"),
     version: bool = flag("Print the version and exit.", "--version", callback=_version, is_eager=True),
 ) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(_MessageFormatter())
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[_StderrHandler()], force=True)
 
 
 def _usage_message(exc: typer.TyperException) -> tuple[str, str | None]:
