@@ -16,7 +16,7 @@ from PIL import Image
 
 import xmodal
 from helpers import FIXTURES
-from test_eval_pipeline import reference_ranks, synth_karpathy  # noqa: F401 (a fixture)
+from test_eval_pipeline import reference_ranks
 from xmodal.cli import main
 from xmodal.eval.cache import EmbeddingCache
 from xmodal.eval.datasets import read_dataset

@@ -32,29 +32,6 @@ EVAL = FIXTURES / "eval"
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def synth_karpathy(tmp_path_factory) -> Path:
-    """24 random-noise images x 5 captions in Karpathy format, plus one missing and one broken image."""
-    root = tmp_path_factory.mktemp("synth")
-    (root / "imgs").mkdir()
-    rng = np.random.default_rng(0)
-    entries = []
-    for i in range(24):
-        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(root / "imgs" / f"{i:02d}.jpg")
-        sentences = [{"raw": f"picture {i} seen in way {k}"} for k in range(5)]
-        entries.append({"filepath": "imgs", "filename": f"{i:02d}.jpg", "split": "test", "sentences": sentences})
-    (root / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    entries.append(
-        {"filepath": "imgs", "filename": "broken.jpg", "split": "test", "sentences": [{"raw": "a broken picture"}]}
-    )
-    entries.append(
-        {"filepath": "imgs", "filename": "absent.jpg", "split": "test", "sentences": [{"raw": "an absent picture"}]}
-    )
-    entries.append({"filepath": "imgs", "filename": "00.jpg", "split": "train", "sentences": [{"raw": "train"}]})
-    (root / "dataset_synth.json").write_text(json.dumps({"dataset": "synth", "images": entries}))
-    return root / "dataset_synth.json"
-
-
 def run_eval(*args: str) -> tuple[dict, str]:
     result = runner.invoke(app, ["eval", "--quiet", *args])
     assert result.exit_code == 0, result.output + repr(result.exception)
