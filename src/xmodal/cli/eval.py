@@ -23,9 +23,9 @@ Precision = Literal[PRECISIONS]  # shown and checked as a choice
 PRECISION_OPTION = typer.Option("fp32", help="Model precision.")
 NO_CACHE_OPTION = flag("Embed everything again; do not read or write the embedding cache.", "--no-cache")
 CACHE_FILE_OPTION = typer.Option(
-    None, "--cache", help="Embedding cache database (default: $XMODAL_CACHE/eval/embeddings.sqlite)."
+    None, "--cache", metavar="FILE", help="Embedding cache database (default: $XMODAL_CACHE/eval/embeddings.sqlite)."
 )
-BATCH_SIZE_OPTION = typer.Option(32, min=1, help="Images per model call.")
+BATCH_SIZE_OPTION = typer.Option(32, min=1, metavar="N", help="Images per model call.")
 PERCENT_OPTION = flag("Show recalls in percent instead of fractions (0-1); JSON always holds fractions.", "--percent")
 FORCE_OPTION = flag("Write into --out even if it already holds files (they are overwritten).", "--force")
 QUIET_OPTION = flag("No progress bars.", "--quiet", "-q")
@@ -109,38 +109,51 @@ def evaluate(
         None,
         "--model",
         "-m",
+        metavar="NAME",
         help="Model name or folder; repeat to compare models. With --library: its models (default: all of them).",
     ),
     dataset: list[str] = typer.Option(
         None,
         "--dataset",
         "-d",
+        metavar="SPEC",
         help="FORMAT:PATH[@IMAGES] with FORMAT karpathy, coco, flickr, flickr8k, flickr30k, cn-clip, msvd, jsonl "
         "or csv; a bare PATH is recognised by its content; @IMAGES: the folder its images/videos are in. Repeatable.",
     ),
     library: Path = typer.Option(
-        None, "--library", "-l", help="Evaluate search in this xmodal library (with --captions) instead of a dataset."
+        None,
+        "--library",
+        "-l",
+        metavar="DIR",
+        help="Evaluate search in this xmodal library (with --captions) instead of a dataset.",
     ),
     captions: str = typer.Option(
         None,
         "--captions",
+        metavar="FILE",
         help="With --library: JSONL/CSV of path + captions for some of its files; the rest are distractors.",
     ),
     split: str = typer.Option(
-        "test", help="Split to evaluate (test, val, train; MUGE: valid); 'all' for every record."
+        "test", metavar="NAME", help="Split to evaluate (test, val, train; MUGE: valid); 'all' for every record."
     ),
     directions: str = typer.Option(
-        None, help="Comma-separated subset of t2i,i2t (images) or t2v,v2t (videos); default both."
+        None, metavar="LIST", help="Comma-separated subset of t2i,i2t (images) or t2v,v2t (videos); default both."
     ),
-    recall_k: str = typer.Option("1,5,10", "--recall-k", help="The K of the R@K columns, comma-separated."),
+    recall_k: str = typer.Option(
+        "1,5,10", "--recall-k", metavar="LIST", help="The K of the R@K columns, comma-separated."
+    ),
     limit: int = typer.Option(
-        None, min=1, help="Use only the first N images/videos of each dataset (with their captions)."
+        None, min=1, metavar="N", help="Use only the first N images/videos of each dataset (with their captions)."
     ),
     images: Path = typer.Option(
-        None, help="Folder the dataset's image/video files are in (one dataset; per dataset: FORMAT:PATH@IMAGES)."
+        None,
+        metavar="DIR",
+        help="Folder the dataset's image/video files are in (one dataset; per dataset: FORMAT:PATH@IMAGES).",
     ),
     out: Path = typer.Option(
-        None, help="Folder for results.md/.csv/.json, ranks.npz and plots (default: ./xmodal-eval-DATE-TIME)."
+        None,
+        metavar="DIR",
+        help="Folder for results.md/.csv/.json, ranks.npz and plots (default: ./xmodal-eval-DATE-TIME).",
     ),
     force: bool = FORCE_OPTION,
     predictions: bool = flag(
@@ -150,9 +163,13 @@ def evaluate(
     precision: Precision = PRECISION_OPTION,
     no_cache: bool = NO_CACHE_OPTION,
     cache_file: Path = CACHE_FILE_OPTION,
-    frames: int = typer.Option(8, min=1, help="Frames sampled uniformly per video (their embeddings are averaged)."),
+    frames: int = typer.Option(
+        8, min=1, metavar="N", help="Frames sampled uniformly per video (their embeddings are averaged)."
+    ),
     batch_size: int = BATCH_SIZE_OPTION,
-    language: str = typer.Option(None, help="Caption language for multilingual (NLLB) models, e.g. en, zh, deu_Latn."),
+    language: str = typer.Option(
+        None, metavar="LANG", help="Caption language for multilingual (NLLB) models, e.g. en, zh, deu_Latn."
+    ),
     percent: bool = PERCENT_OPTION,
     strict: bool = flag(
         "Fail on a partial dataset: a malformed line, a missing or undecodable file, a caption without its image.",
@@ -269,30 +286,36 @@ def _run_library(
 
 
 def zeroshot(
-    model: list[str] = typer.Option(..., "--model", "-m", help="Model name or folder; repeat to compare models."),
+    model: list[str] = typer.Option(
+        ..., "--model", "-m", metavar="NAME", help="Model name or folder; repeat to compare models."
+    ),
     dataset: Path = typer.Option(
-        ..., "--dataset", "-d", help="A folder per class, or a CSV/TSV with path and label columns."
+        ..., "--dataset", "-d", metavar="PATH", help="A folder per class, or a CSV/TSV with path and label columns."
     ),
     templates: str = typer.Option(
         None,
+        metavar="NAME|FILE",
         help="Prompt templates: imagenet (CLIP's 80), cifar (CLIP's 18), simple, or a JSON file; "
         "default: the set CLIP uses with the dataset's classes (imagenet for classes of your own).",
     ),
     classnames: str = typer.Option(
         None,
+        metavar="SET|FILE",
         help="imagenet, cifar10 or cifar100 to classify over that whole class set (WordNet-id folders are "
         "recognised by themselves), or a JSON of names: a list (by label number / sorted label order) or {label: name}.",
     ),
-    limit: int = typer.Option(None, min=1, help="Use only N images, taken round-robin over the classes."),
+    limit: int = typer.Option(None, min=1, metavar="N", help="Use only N images, taken round-robin over the classes."),
     out: Path = typer.Option(
-        None, help="Folder for results, per-class tables and confusion matrices (default: ./xmodal-zeroshot-DATE-TIME)."
+        None,
+        metavar="DIR",
+        help="Folder for results, per-class tables and confusion matrices (default: ./xmodal-zeroshot-DATE-TIME).",
     ),
     force: bool = FORCE_OPTION,
     precision: Precision = PRECISION_OPTION,
     no_cache: bool = NO_CACHE_OPTION,
     cache_file: Path = CACHE_FILE_OPTION,
     batch_size: int = BATCH_SIZE_OPTION,
-    language: str = typer.Option(None, help="Prompt language for multilingual (NLLB) models."),
+    language: str = typer.Option(None, metavar="LANG", help="Prompt language for multilingual (NLLB) models."),
     percent: bool = PERCENT_OPTION,
     strict: bool = flag(
         "Fail on a partial dataset: a malformed line, a missing or undecodable file, a class outside the class set.",
