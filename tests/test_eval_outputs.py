@@ -189,3 +189,25 @@ def test_help_shows_flags_as_flags(capsys, monkeypatch):
         out = capsys.readouterr().out
         assert "<bool>" not in out and "--no-strict" not in out and "--no-percent" not in out
         assert "seed 0" not in out and "design" not in out
+
+
+def test_zeroshot_on_wordnet_folders_scores_over_1000_classes(clip_model_dir, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for wnid in ("n01440764", "n01443537", "n02085620", "n09999999"):
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        for j in range(2):
+            Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(tmp_path / "val" / wnid / f"{j}.png")
+    out = tmp_path / "out"
+    code, screen, err = run(
+        capsys, "zeroshot", "-q", "-m", str(clip_model_dir), "-d", str(tmp_path / "val"), "--templates", "simple",
+        "--no-cache", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0
+    assert "val: 6 images of 3 classes; classified over all 1,000 ImageNet (ILSVRC-2012) classes" in screen
+    assert "classified over all 1,000 ImageNet (ILSVRC-2012) classes, 3 of them present" in screen
+    assert "| 6 | 1000 | 3 | 1 |" in screen  # images, classes scored over, present, templates
+    assert "warning: " in err and "n09999999 (2 images)" in err  # the unknown folder, named
+    doc = json.loads((out / "results.json").read_text())["results"][0]
+    assert (doc["classes"], doc["classes_present"], doc["outside_class_set"]) == (1000, 3, {"n09999999": 2})
+    assert doc["classnames"][:2] == ["tench", "goldfish"] and doc["classnames"][151] == "Chihuahua"
+    assert sum(n for _, _, n in doc["confusion"]) == 6
