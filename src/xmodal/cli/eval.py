@@ -216,6 +216,8 @@ def evaluate(
         say(f"results written to {folder}/ ({', '.join(p.name for p in paths)})")
     if strict and _strict_failures(results, partial_counts):
         failed = True
+    if not results and not any(folder.iterdir()):
+        folder.rmdir()  # made before the run; nothing came of it
     if failed or not results:
         raise typer.Exit(1)
 
@@ -355,5 +357,7 @@ def zeroshot(
         say(f"results written to {folder}/ ({', '.join(p.name for p in paths)})")
     if strict and _strict_failures(results, lambda r: [(len(r.failed), "undecodable images")]):
         failed = True
+    if not results and not any(folder.iterdir()):
+        folder.rmdir()  # made before the run; nothing came of it
     if failed or not results:
         raise typer.Exit(1)

@@ -22,6 +22,7 @@ from xmodal.media.video import is_video_path
 log = logging.getLogger(__name__)
 
 MediaSource = Path | bytes
+SHOWN_PROBLEMS = 5  # malformed records logged one by one; the rest are counted (all are in the results)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class DatasetBuilder:
         error = DatasetFormatError(path, reason, line)
         if self.options.strict:
             raise error
-        log.warning("skipped %s", error)
+        if len(self.problems) < SHOWN_PROBLEMS:
+            log.warning("skipped %s", error)
         self.problems.append(error)
 
     def add_item(self, item_id: str, source: MediaSource, attributes: dict[str, Any] | None = None) -> None:
@@ -191,6 +193,8 @@ class DatasetBuilder:
                 f"none of its {len(missing)} {self.kind or 'media'} files was found (looked for {missing[0]} in {where}); "
                 "point at their folder with --images DIR, or FORMAT:PATH@DIR for this dataset",
             )
+        if len(self.problems) > SHOWN_PROBLEMS:
+            log.warning("%s: %d more malformed records skipped", self.name, len(self.problems) - SHOWN_PROBLEMS)
         if missing or dropped:
             partial = f"{len(missing)} files not found (first: {missing[0]})" if missing else ""
             partial += ("; " if partial else "") + (f"{dropped} captions without a present item" if dropped else "")
