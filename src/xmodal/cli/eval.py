@@ -48,12 +48,15 @@ def _csv_words(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-def _out_folder(out: Path | None, prefix: str, force: bool) -> Path:
-    """The output folder, made now so that a refused one fails before any encoding."""
+def _out_folder(out: Path | None, prefix: str, force: bool) -> tuple[Path, bool]:
+    """The output folder, made now so that a refused one fails before any encoding; and whether
+    it was made by this run (then a run that writes nothing removes it again)."""
     from xmodal.eval.report import OutputFolderError, prepare_folder
 
+    folder = out or Path(f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}")
+    existed = folder.exists()
     try:
-        return prepare_folder(out or Path(f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"), overwrite=force)
+        return prepare_folder(folder, overwrite=force), not existed
     except OutputFolderError as exc:
         raise typer.BadParameter(
             f"{exc.folder} already holds files ({exc.shown}); pass --force to overwrite them, or choose another folder",
@@ -199,7 +202,7 @@ def evaluate(
     unknown = [d for d in wanted or [] if d not in DIRECTIONS]
     if unknown:
         raise typer.BadParameter(f"{unknown[0]!r} is not one of {', '.join(DIRECTIONS)}", param_hint="--directions")
-    folder = _out_folder(out, "xmodal-eval", force)
+    folder, made = _out_folder(out, "xmodal-eval", force)
     options = ReadOptions(split=None if split == "all" else split, limit=limit, media_root=images, strict=strict)
     settings = {"directions": wanted, "ks": ks, "predictions": 10 if predictions else 0}
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
@@ -216,7 +219,7 @@ def evaluate(
         say(f"results written to {folder}/ ({', '.join(p.name for p in paths)})")
     if strict and _strict_failures(results, partial_counts):
         failed = True
-    if not results and not any(folder.iterdir()):
+    if made and not results and not any(folder.iterdir()):
         folder.rmdir()  # made before the run; nothing came of it
     if failed or not results:
         raise typer.Exit(1)
@@ -338,7 +341,7 @@ def zeroshot(
         prompts = load_templates(templates, data)
     except XmodalError as exc:
         raise typer.BadParameter(str(exc), param_hint="--templates") from None
-    folder = _out_folder(out, "xmodal-zeroshot", force)
+    folder, made = _out_folder(out, "xmodal-zeroshot", force)
     say(data.describe())
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
         results, failed = _each_model(
@@ -357,7 +360,7 @@ def zeroshot(
         say(f"results written to {folder}/ ({', '.join(p.name for p in paths)})")
     if strict and _strict_failures(results, lambda r: [(len(r.failed), "undecodable images")]):
         failed = True
-    if not results and not any(folder.iterdir()):
+    if made and not results and not any(folder.iterdir()):
         folder.rmdir()  # made before the run; nothing came of it
     if failed or not results:
         raise typer.Exit(1)
