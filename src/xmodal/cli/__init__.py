@@ -7,6 +7,7 @@ import os
 
 import typer
 
+from xmodal.cli import compare as compare_cli
 from xmodal.cli import datasets as datasets_cli
 from xmodal.cli import demo as demo_cli
 from xmodal.cli import eval as eval_cli
@@ -30,6 +31,7 @@ app.command("status")(library_cli.status)
 app.add_typer(datasets_cli.app, name="datasets")
 app.command("eval")(eval_cli.evaluate)
 app.command("zeroshot")(eval_cli.zeroshot)
+app.command("compare")(compare_cli.compare)
 app.command("train")(train_cli.train)
 app.command("demo")(demo_cli.demo)
 
