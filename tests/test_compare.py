@@ -75,17 +75,17 @@ def test_recommendation_is_computed_from_the_points():
     assert recommended_index(speeds, quality, 0.2) == 3
     lines = recommend(labels, speeds, quality, "R@10", 0.01)
     assert lines[0] == "Recommended: A (int8)."
-    assert lines[1] == "Best R@10: A (fp32) (R@10 0.820, 15.0 images/s)."
+    assert lines[1] == "Best R@10: A (fp32) at 0.820, 15.0 images/s."
     assert lines[2] == (
-        "Within 0.01 of the best R@10 at 2.8x its speed: A (int8) (R@10 0.815, 42.0 images/s); "
+        "Within 0.01 of the best R@10 at 2.8x its speed: A (int8) at 0.815, 42.0 images/s; "
         "A (fp32)'s extra 0.005 costs 2.8x the time per image."
     )
-    assert lines[3] == "Fastest: B (int8) (R@10 0.690, 300 images/s), 0.130 below the best, 7.1x the speed of A (int8)."
+    assert lines[3] == "Fastest: B (int8) at 0.690, 300 images/s, 0.130 below the best, 7.1x the speed of A (int8)."
     assert lines[4] == "Dominated (another is at least as fast and as good): C (fp32)."
     alone = recommend(["X"], [5.0], [0.5], "R@10", 0.01)
     assert alone == [
         "Recommended: X.",
-        "Best R@10: X (R@10 0.500, 5.00 images/s).",
+        "Best R@10: X at 0.500, 5.00 images/s.",
         "No other model within 0.01 of the best R@10 is faster.",
     ]
 

@@ -246,7 +246,7 @@ def recommend(
     pick = recommended_index(speeds, qualities, tolerance)
 
     def point(i: int) -> str:
-        return f"{labels[i]} ({quality_label} {qualities[i]:.3f}, {_speed(speeds[i])} {speed_label})"
+        return f"{labels[i]} at {qualities[i]:.3f}, {_three_digits(speeds[i])} {speed_label}"
 
     out = [f"Recommended: {labels[pick]}."]
     out.append(f"Best {quality_label}: {point(best)}.")
@@ -270,7 +270,7 @@ def recommend(
     return out
 
 
-def _speed(value: float) -> str:
+def _three_digits(value: float) -> str:
     """Three significant digits, no exponent: 0.0123, 1.23, 123, 12300."""
     if value <= 0:
         return f"{value:g}"

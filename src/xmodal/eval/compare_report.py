@@ -171,8 +171,9 @@ def header_lines(c: Comparison) -> list[str]:
         f"each model's preprocessing (pixels in memory: decoding excluded, it is the same for every model), text "
         f"towers on its captions (tokenizing included). CPU-ms = process CPU time (all threads) per item.",
         f"- Memory and load time: each model x precision loaded {o.rounds} times, each time in a fresh process "
-        f"that then embeds one batch of each kind; Model MiB = the process's resident high-water mark minus what "
-        f"it held with the runtime imported and the inputs allocated; Peak RSS = the whole process.",
+        f"that then embeds one batch of each kind; Model MiB = the resident high-water mark from loading to the "
+        f"end of those batches minus what the process held with the runtime imported and the inputs allocated "
+        f"(highest of the rounds; on Linux exact, elsewhere a lower bound); Peak RSS = the whole process.",
         f"- Files: the graph each tower runs (int8: the quantized copy). B/vector: the library's exact index "
         f"(float16 + id); the catalog stores float32 ({c.entries[0].cost.catalog_bytes_per_vector} B at dim "
         f"{c.entries[0].cost.dim}).",

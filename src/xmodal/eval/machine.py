@@ -67,23 +67,37 @@ class MachineInfo:
 
 def describe_machine() -> MachineInfo:
     """The machine this process runs on (cheap: a few small files read)."""
-    fields = _cpuinfo_fields(_CPUINFO.read_text(errors="replace")) if _CPUINFO.is_file() else {}
-    architecture = platform.machine() or "unknown"
-    flags = set(fields.get("flags", fields.get("features", "")).split())
-    wanted = ARM_FEATURES if architecture.lower() in ("aarch64", "arm64") else X86_FEATURES
+    text = _CPUINFO.read_text(errors="replace") if _CPUINFO.is_file() else ""
+    cpu, sets, lacking, physical = parse_cpuinfo(text, platform.machine())
     return MachineInfo(
-        cpu=fields.get("model name") or fields.get("hardware") or platform.processor() or architecture,
-        architecture=architecture,
-        instruction_sets=tuple(f for f in wanted if f in flags),
-        lacking=tuple(f for f in wanted if f not in flags) if flags else None,
+        cpu=cpu or platform.processor() or platform.machine() or "unknown CPU",
+        architecture=platform.machine() or "unknown",
+        instruction_sets=sets,
+        lacking=lacking,
         logical_cores=os.cpu_count() or 1,
-        physical_cores=fields.get("physical cores"),
+        physical_cores=physical,
         usable_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         memory_bytes=_memory_bytes(),
         load_average=tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else None,
         system=platform.platform(),
         python=platform.python_version(),
         versions=_versions(("xmodal", "numpy", "onnxruntime", "openvino", "faiss-cpu")),
+    )
+
+
+def parse_cpuinfo(
+    text: str, architecture: str
+) -> tuple[str | None, tuple[str, ...], tuple[str, ...] | None, int | None]:
+    """(CPU name, instruction sets present, those absent, physical cores) from /proc/cpuinfo text;
+    absent is None when the text lists no features (then nothing is known to be missing)."""
+    fields = _cpuinfo_fields(text)
+    flags = set(fields.get("flags", fields.get("features", "")).split())
+    wanted = ARM_FEATURES if architecture.lower() in ("aarch64", "arm64") else X86_FEATURES
+    return (
+        fields.get("model name") or fields.get("hardware"),
+        tuple(f for f in wanted if f in flags),
+        tuple(f for f in wanted if f not in flags) if flags else None,
+        fields.get("physical cores"),
     )
 
 
