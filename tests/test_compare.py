@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from xmodal.eval.compare import (
     recommended_index,
 )
 from xmodal.eval.compare_report import csv_rows, main_table, markdown_report, write_comparison
-from xmodal.eval.cost import probe_model
+from xmodal.eval.cost import Workload, measure_processes, probe_model
 from xmodal.eval.datasets import ReadOptions, read_dataset
 from xmodal.eval.machine import X86_FEATURES, describe_machine, parse_cpuinfo
 from xmodal.eval.retrieval import evaluate_retrieval
@@ -163,6 +164,24 @@ def test_probe_measures_a_fresh_process_not_its_parent():
     assert result["peak_rss_bytes"] < ballast.nbytes  # a fresh interpreter with ORT is ~110 MiB
     assert 0 < result["load_s"] < 60
     del ballast
+
+
+def test_a_failing_measurement_is_reported_and_the_rest_goes_on(tmp_path):
+    """A model file damaged after the comparison loaded the model: each fresh process fails with the
+    file and the reason, the rounds say so, and the cost reads as unknown instead of aborting the run."""
+    folder = tmp_path / "shapes-copy"
+    shutil.copytree(xmodal.load_model(SHIPPED).config.folder, folder)
+    damaged = xmodal.load_model(folder)
+    (folder / "visual" / "model.onnx").write_bytes(b"not an onnx graph")
+    healthy = xmodal.load_model(SHIPPED)
+    pixels = np.zeros((2, 3, 64, 64), dtype=np.float32)
+    costs = measure_processes(
+        [Workload(damaged, pixels, ["a red circle"] * 2), Workload(healthy, pixels, ["a red circle"] * 2)], rounds=2
+    )
+    assert [("error" in r) for r in costs[0].rounds] == [True, True]
+    assert "model.onnx" in costs[0].rounds[0]["error"] and "not a loadable ONNX model" in costs[0].rounds[0]["error"]
+    assert costs[0].model_rss_bytes is None and math.isnan(costs[0].load_s.best(False))
+    assert len(costs[1].load_s.values) == 2 and costs[1].model_rss_bytes > 0
 
 
 # --- a real comparison ---------------------------------------------------------------------------

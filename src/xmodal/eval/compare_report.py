@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -22,6 +23,10 @@ MIB = 1 << 20
 
 def _mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value / MIB:,.1f}"
+
+
+def _seconds(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
 
 
 def _rate(value: float) -> str:
@@ -66,7 +71,7 @@ def _cost_cells(c: Comparison, e: ComparedModel) -> list[str]:
         _mib(cost.process.peak_rss_bytes),
         _mib(cost.file_bytes["visual"]),
         _mib(cost.file_bytes["textual"]),
-        f"{cost.process.load_s.best(higher_is_better=False):.2f}",
+        _seconds(cost.process.load_s.best(higher_is_better=False)),
         str(cost.dim),
         f"{cost.index_bytes_per_vector:g}",
         "yes" if e.on_front else "no",
@@ -109,7 +114,7 @@ def timing_table(c: Comparison) -> str:
             m = e.cost.speed[op]
             row += [f"{_rate(m.best())} / {_rate(m.median())}", f"{min(m.cpu_ms_per_item):.2f}"]
         load = e.cost.process.load_s
-        row.append(f"{load.best(higher_is_better=False):.2f} / {load.median():.2f}")
+        row.append(f"{_seconds(load.best(higher_is_better=False))} / {_seconds(load.median())}")
         rows.append(row)
     return report.markdown_grid(header, rows, "ll" + "r" * (len(header) - 2))
 
@@ -194,6 +199,9 @@ def markdown_report(c: Comparison, plot_name: str = "pareto.png") -> str:
     lines += ["## Library sizing", "", sizing_table(c), ""]
     if c.failed:
         lines += ["## Not compared", "", *(f"- {k}: {v}" for k, v in c.failed.items()), ""]
+    problems = [r["error"] for e in c.entries for r in e.cost.process.rounds if "error" in r]
+    if problems:
+        lines += ["## Measurements that failed", "", *(f"- {p}" for p in problems), ""]
     lines.append(f"xmodal {xmodal.__version__}, {c.created}, {c.wall_s:.1f} s.")
     return "\n".join(lines) + "\n"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import statistics
 import subprocess
@@ -40,10 +41,13 @@ class Measured:
     cpu_ms_per_item: list[float] = field(default_factory=list)
 
     def best(self, higher_is_better: bool = True) -> float:
+        """The best round (NaN when no round succeeded)."""
+        if not self.values:
+            return math.nan
         return max(self.values) if higher_is_better else min(self.values)
 
     def median(self) -> float:
-        return statistics.median(self.values)
+        return statistics.median(self.values) if self.values else math.nan
 
     def to_dict(self) -> dict:
         return {"rounds": self.values, "cpu_ms_per_item": self.cpu_ms_per_item}
@@ -134,13 +138,18 @@ def probe_model(encoder: Encoder, texts: Sequence[str], batch_size: int, languag
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])  # the xmodal this process runs, in the child too
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    done = subprocess.run(
-        [sys.executable, "-m", "xmodal.eval.model_probe", json.dumps(request)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=PROBE_TIMEOUT_S,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "xmodal.eval.model_probe", json.dumps(request)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise MeasurementError(
+            f"{encoder.name} ({encoder.precision}): measuring process still loading after {PROBE_TIMEOUT_S} s"
+        ) from None
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
@@ -158,7 +167,11 @@ def measure_processes(
     for r in range(rounds):
         for i in rotated(len(workloads), r):
             w = workloads[i]
-            runs[i].append(probe_model(w.encoder, w.texts, len(w.texts), w.language))
+            try:
+                runs[i].append(probe_model(w.encoder, w.texts, len(w.texts), w.language))
+            except MeasurementError as exc:  # one failed round leaves the others (and the other models) standing
+                log.warning("%s", exc)
+                runs[i].append({"error": str(exc)})
             progress.advance()
     return [_process_cost(rs) for rs in runs]
 
@@ -169,7 +182,7 @@ def _process_cost(runs: list[dict]) -> ProcessCost:
         return max(values) if values else None
 
     return ProcessCost(
-        load_s=Measured([r["load_s"] for r in runs]),
+        load_s=Measured([r["load_s"] for r in runs if "load_s" in r]),
         model_rss_bytes=highest("model_rss_bytes"),
         peak_rss_bytes=highest("peak_rss_bytes"),
         baseline_rss_bytes=highest("baseline_rss_bytes"),
