@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -80,7 +79,6 @@ def compare(
         data = None
         if dataset is not None:
             data = read_dataset(dataset, read, parsed_cache=cache.parsed_datasets if cache else None)
-            data = replace(data, language=language or data.language)
         classes = read_classification(classify, classnames=classnames, limit=limit) if classify else None
         comparison = compare_models(
             model,

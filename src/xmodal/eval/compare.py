@@ -14,9 +14,10 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import cycle, islice
+from pathlib import Path
 
 import numpy as np
 
@@ -303,27 +304,95 @@ def compare_models(
         raise InvalidArgumentError("templates", templates, "one or more prompt templates for classification")
     quality = parse_quality(options.quality, dataset.kind if dataset else None, classification is not None)
     started = time.perf_counter()
-    machine = describe_machine()  # load average before this run adds its own
-    images = _timing_images(dataset, classification, options.batch_size, options.frames)
-    texts = _timing_texts(dataset, classification, templates, options.batch_size)
-    language = language or (dataset.language if dataset else None)
-    rows, workloads, failed = [], [], {}
+    machine = describe_machine()  # the load average before this run adds its own
+    if dataset is not None and language:
+        dataset = replace(dataset, language=language)  # captions and prompts in the language asked for
+    task = _Task(dataset, classification, templates, language or (dataset.language if dataset else None))
+    candidates, failed = _evaluate(models, precisions, task, options, cache, progress)
+    if not candidates:
+        raise MeasurementError("no model could be compared: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    entries, scan_rates = _measure(candidates, options, progress)
+    for entry in entries:
+        entry.quality = quality.value(entry.retrieval, entry.zeroshot)
+    speeds = [e.images_per_s(options.batch_size) for e in entries]
+    qualities = [e.quality for e in entries]
+    front = pareto_front(list(zip(speeds, qualities, strict=True)))
+    for i in front:
+        entries[i].on_front = True
+    labels = [e.label for e in entries]
+    speed_label = f"images/s at batch {options.batch_size}"
+    return Comparison(
+        machine=machine,
+        options=options,
+        quality=quality,
+        entries=entries,
+        scan_rates=scan_rates,
+        front=front,
+        recommended=recommended_index(speeds, qualities, options.tolerance),
+        recommendation=recommend(labels, speeds, qualities, quality.label, options.tolerance, speed_label),
+        dataset=dataset.name if dataset else None,
+        classification=classification.name if classification else None,
+        failed=failed,
+        wall_s=time.perf_counter() - started,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What every model is benchmarked on."""
+
+    dataset: RetrievalDataset | None
+    classification: ClassificationDataset | None
+    templates: Sequence[str] | None
+    language: str | None
+
+
+@dataclass
+class _Candidate:
+    """A model x precision that loaded and was benchmarked, waiting for its costs to be measured."""
+
+    model: str
+    files: dict[str, Path]
+    retrieval: RetrievalResult | None
+    zeroshot: ZeroShotResult | None
+    workload: Workload
+
+
+def _evaluate(
+    models: Sequence[str],
+    precisions: Sequence[str],
+    task: _Task,
+    options: CompareOptions,
+    cache: EmbeddingCache | None,
+    progress: Progress,
+) -> tuple[list[_Candidate], dict[str, str]]:
+    """Load and benchmark every model x precision; failures by "model (precision)"."""
+    images = _timing_images(task.dataset, task.classification, options.batch_size, options.frames)
+    texts = _timing_texts(task.dataset, task.classification, task.templates, options.batch_size)
+    candidates, failed = [], {}
     for model in models:
         for precision in precisions:
             try:
                 encoder = load_model(model, precision=precision, runtime=options.runtime)
                 files = encoder.load()  # also makes the int8 copy now, before anything is timed
-                retrieval = _retrieval(encoder, dataset, options, cache, progress)
-                zeroshot = _zeroshot(encoder, classification, templates, language, options, cache, progress)
+                retrieval = _retrieval(encoder, task.dataset, options, cache, progress)
+                zeroshot = _zeroshot(encoder, task, options, cache, progress)
                 pixels = np.stack([encoder.prepare_image(image) for image in images])
             except XmodalError as exc:
                 log.warning("%s (%s): %s", model, precision, exc)
                 failed[f"{model} ({precision})"] = str(exc)
                 continue
-            rows.append((model, encoder, files, retrieval, zeroshot))
-            workloads.append(Workload(encoder, pixels, texts, language))
-    if not rows:
-        raise MeasurementError("no model could be compared: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+            workload = Workload(encoder, pixels, texts, task.language)
+            candidates.append(_Candidate(model, files, retrieval, zeroshot, workload))
+    return candidates, failed
+
+
+def _measure(
+    candidates: list[_Candidate], options: CompareOptions, progress: Progress
+) -> tuple[list[ComparedModel], dict[int, ScanRate]]:
+    """Speed, fresh-process load and memory, file sizes and the scan rate of every candidate."""
+    workloads = [c.workload for c in candidates]
     speeds = measure_speed(workloads, rounds=options.rounds, seconds=options.seconds, progress=progress)
     processes = measure_processes(workloads, rounds=options.rounds, progress=progress)
     scan_rates = measure_scan_rates(
@@ -334,44 +403,18 @@ def compare_models(
         progress=progress,
     )
     entries = []
-    for (model, encoder, files, retrieval, zeroshot), speed, process in zip(rows, speeds, processes, strict=True):
+    for c, speed, process in zip(candidates, speeds, processes, strict=True):
+        encoder = c.workload.encoder
         cost = ModelCost(
             dim=encoder.dim,
             index_bytes_per_vector=scan_rates[encoder.dim].index_bytes_per_vector,
             catalog_bytes_per_vector=encoder.dim * np.dtype(np.float32).itemsize,
-            file_bytes={tower: graph_file_bytes(files[tower]) for tower in TOWERS},
+            file_bytes={tower: graph_file_bytes(c.files[tower]) for tower in TOWERS},
             speed=speed,
             process=process,
         )
-        entry = ComparedModel(model, encoder.name, encoder.precision, retrieval, zeroshot, cost)
-        entry.quality = quality.value(retrieval, zeroshot)
-        entries.append(entry)
-    points = [(e.images_per_s(options.batch_size), e.quality) for e in entries]
-    front = pareto_front(points)
-    for i in front:
-        entries[i].on_front = True
-    return Comparison(
-        machine=machine,
-        options=options,
-        quality=quality,
-        entries=entries,
-        scan_rates=scan_rates,
-        front=front,
-        recommended=recommended_index([p[0] for p in points], [p[1] for p in points], options.tolerance),
-        recommendation=recommend(
-            [e.label for e in entries],
-            [p[0] for p in points],
-            [p[1] for p in points],
-            quality.label,
-            options.tolerance,
-            f"images/s at batch {options.batch_size}",
-        ),
-        dataset=dataset.name if dataset else None,
-        classification=classification.name if classification else None,
-        failed=failed,
-        wall_s=time.perf_counter() - started,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+        entries.append(ComparedModel(c.model, encoder.name, encoder.precision, c.retrieval, c.zeroshot, cost))
+    return entries, scan_rates
 
 
 def _retrieval(
@@ -389,21 +432,15 @@ def _retrieval(
 
 
 def _zeroshot(
-    encoder: Encoder,
-    classification: ClassificationDataset | None,
-    templates: Sequence[str] | None,
-    language: str | None,
-    options: CompareOptions,
-    cache: EmbeddingCache | None,
-    progress: Progress,
+    encoder: Encoder, task: _Task, options: CompareOptions, cache: EmbeddingCache | None, progress: Progress
 ) -> ZeroShotResult | None:
-    if classification is None:
+    if task.classification is None:
         return None
     return evaluate_zeroshot(
         encoder,
-        classification,
-        templates,
-        language=language,
+        task.classification,
+        task.templates,
+        language=task.language,
         cache=cache,
         progress=progress,
         batch_size=options.batch_size,
