@@ -92,13 +92,17 @@ def plot_pareto(
     `highlight` ringed."""
     fig = Figure(figsize=(7.5, 5.0), layout="constrained")
     ax = fig.subplots()
-    left, right = min(speeds) / 1.6, max(speeds) * 2.2  # room for the labels right of the fastest points
+    left, right = min(speeds) / 1.6, max(speeds) * 3.0  # room for the labels right of the fastest points
     pad = max(0.02, 0.15 * (max(qualities) - min(qualities)))
     bottom, top = min(qualities) - pad, max(qualities) + pad
     on_front = set(front)
+    offsets = _label_offsets(
+        [(np.log(s) - np.log(left)) / (np.log(right) - np.log(left)) for s in speeds],
+        [(q - bottom) / (top - bottom) for q in qualities],
+    )
     for i, (label, s, q) in enumerate(zip(labels, speeds, qualities, strict=True)):
         ax.scatter([s], [q], s=46, zorder=3, color="tab:blue" if i in on_front else "grey")
-        ax.annotate(label, (s, q), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        ax.annotate(label, (s, q), textcoords="offset points", xytext=(6, offsets[i]), fontsize=8)
     if front:
         # At speed x in (x[i-1], x[i]] the best quality reachable is y[i]: a "pre" staircase, run out
         # to the left edge at the best point's height and down to the bottom at the fastest point.
@@ -129,6 +133,20 @@ def plot_pareto(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower left")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=3, frameon=False)
     fig.savefig(path, dpi=120)
     return path
+
+
+def _label_offsets(xs: Sequence[float], ys: Sequence[float], near: float = 0.08) -> list[int]:
+    """Vertical label offsets (points) so that labels of points close together (within `near` of
+    the axes in both directions) stack above and below each other instead of overprinting."""
+    steps = [5, -13, 17, -25, 29, -37]
+    placed: list[tuple[float, float, int]] = []
+    out = []
+    for x, y in zip(xs, ys, strict=True):
+        taken = {k for px, py, k in placed if abs(px - x) < 2 * near and abs(py - y) < near}
+        k = next((k for k in range(len(steps)) if k not in taken), 0)
+        placed.append((x, y, k))
+        out.append(steps[k])
+    return out
