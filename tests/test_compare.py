@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from xmodal.eval.compare import (
     recommend,
     recommended_index,
 )
-from xmodal.eval.compare_report import csv_rows, main_table, markdown_report, write_comparison
+from xmodal.eval.compare_report import csv_rows, header_lines, main_table, markdown_report, write_comparison
 from xmodal.eval.cost import Workload, measure_processes, probe_model
 from xmodal.eval.datasets import ReadOptions, read_dataset
 from xmodal.eval.machine import X86_FEATURES, describe_machine, parse_cpuinfo
@@ -307,6 +308,14 @@ def test_report_files(comparison, tmp_path):
     ranks = np.load(tmp_path / "ranks.npz")
     assert "xmodal-tiny-shapes (int8)/synth_shapes/t2i" in ranks.files
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
+    cores = comparison.machine.usable_cores
+    busy = replace(
+        comparison, machine=replace(comparison.machine, load_average=(cores + 1.0, 1.0, 1.0)), load_after=None
+    )
+    idle = replace(comparison, machine=replace(comparison.machine, load_average=(0.1, 0.1, 0.1)), load_after=(0.2,) * 3)
+    assert header_lines(busy)[0].startswith(f"- Busy machine: a load average of {cores + 1.0:g} on {cores} cores")
+    assert not any("Busy" in line for line in header_lines(idle))
+    assert "load average 0.1, 0.1, 0.1 before the run, 0.2, 0.2, 0.2 after" in header_lines(idle)[0]
 
 
 def test_compare_cli_with_a_classifier_and_a_model_that_fails(synth_shapes, tmp_path):

@@ -182,6 +182,7 @@ class Comparison:
     dataset: str | None
     classification: str | None
     failed: dict[str, str] = field(default_factory=dict)  # "model (precision)" -> reason
+    load_after: tuple[float, float, float] | None = None  # load average when the measurements ended
     wall_s: float = 0.0
     created: str = ""
 
@@ -333,6 +334,7 @@ def compare_models(
         dataset=dataset.name if dataset else None,
         classification=classification.name if classification else None,
         failed=failed,
+        load_after=describe_machine().load_average,
         wall_s=time.perf_counter() - started,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )

@@ -154,7 +154,10 @@ def header_lines(c: Comparison) -> list[str]:
     """Machine, data and method: what the numbers below depend on."""
     m, o = c.machine, c.options
     memory = f"{m.memory_bytes / (1 << 30):.1f} GiB RAM" if m.memory_bytes else "RAM unknown"
-    load = f"load average {', '.join(map(str, m.load_average))} before the run" if m.load_average else ""
+    load = ""
+    if m.load_average:
+        after = f", {', '.join(map(str, c.load_after))} after" if c.load_after else ""
+        load = f"load average {', '.join(map(str, m.load_average))} before the run{after}"
     versions = ", ".join(f"{k} {v}" for k, v in m.versions.items())
     data = [
         f"{e.retrieval.dataset} [{e.retrieval.split or 'all'}]: {e.retrieval.items} {e.retrieval.kind}s, "
@@ -168,7 +171,16 @@ def header_lines(c: Comparison) -> list[str]:
         if e.zeroshot is not None
     ]
     scan = c.scan_rates[c.entries[0].cost.dim]
-    return [
+    busy = max(x[0] for x in (m.load_average, c.load_after) if x) if m.load_average else 0.0
+    warning = (
+        [
+            f"- Busy machine: a load average of {busy:g} on {m.usable_cores} cores means other programs shared the "
+            f"CPU; speeds are low and two close ones may swap places in another run. Compare on an idle machine."
+        ]
+        if busy > m.usable_cores
+        else []
+    )
+    return warning + [
         f"- Machine: {m.summary()}; {memory}; {load}; {m.system}; Python {m.python}; {versions}.",
         f"- Data: {'; '.join(data)}.",
         f"- Speed: {o.rounds} rounds interleaved across the models (order rotating), at least {o.seconds:g} s per "
@@ -245,6 +257,7 @@ def comparison_dict(c: Comparison) -> dict:
         "xmodal_version": xmodal.__version__,
         "created": c.created,
         "wall_time_s": c.wall_s,
+        "load_average_after": c.load_after,
         "recall_unit": "fraction",
         "machine": c.machine.to_dict(),
         "options": asdict(c.options),
