@@ -30,8 +30,8 @@ from xmodal.eval.compare import (
 from xmodal.eval.compare_report import csv_rows, header_lines, main_table, markdown_report, write_comparison
 from xmodal.eval.cost import Workload, measure_processes, probe_model
 from xmodal.eval.datasets import ReadOptions, read_dataset
-from xmodal.eval.machine import X86_FEATURES, describe_machine, parse_cpuinfo
 from xmodal.eval.retrieval import evaluate_retrieval
+from xmodal.machine import CpuInfo, describe_machine, parse_cpuinfo
 
 SHIPPED = "xmodal-tiny-shapes"
 runner = CliRunner()
@@ -126,31 +126,20 @@ physical id	: 0
 
 
 def test_cpuinfo_names_the_cpu_and_what_it_lacks():
-    cpu, present, lacking, physical = parse_cpuinfo(AVX2_ONLY, "x86_64")
-    assert cpu == "AMD EPYC 7B13"
-    assert present == ("sse4_2", "avx", "avx2", "fma", "f16c")
-    assert "avx512f" in lacking and "avx512_vnni" in lacking and "amx_int8" in lacking
-    assert physical == 2
-    arm = "processor : 0\nFeatures : fp asimd asimddp i8mm\n"
-    assert parse_cpuinfo(arm, "aarch64")[1:3] == (("asimd", "asimddp", "i8mm"), ("asimdhp", "bf16", "sve", "sve2"))
-    assert parse_cpuinfo("", "x86_64") == (None, (), None, None)
+    model, flags = parse_cpuinfo(AVX2_ONLY)
+    assert (model, flags) == ("AMD EPYC 7B13", ("avx2", "fma", "f16c"))
     here = describe_machine()
-    assert (
-        here.cpu
-        and here.usable_cores >= 1
-        and set(here.instruction_sets)
-        <= set(X86_FEATURES)
-        | {
-            "asimd",
-            "asimddp",
-            "asimdhp",
-            "i8mm",
-            "bf16",
-            "sve",
-            "sve2",
-        }
-    )
-    assert here.cpu in here.summary()
+    avx2_only = replace(here, cpu=CpuInfo(model, flags, 2), architecture="x86_64")
+    assert avx2_only.cpu.kind == "AVX2"
+    assert {"avx512f", "avx512_vnni", "amx_int8"} <= set(avx2_only.lacking)
+    assert avx2_only.summary().startswith("AMD EPYC 7B13 (AVX2; avx2, fma, f16c; 2 cores); lacks avx512f, ")
+    arm = parse_cpuinfo("processor : 0\nFeatures : fp asimd asimddp i8mm\n")
+    assert arm == (None, ("asimd", "asimddp", "i8mm"))
+    assert replace(here, cpu=CpuInfo("arm", arm[1], 4), architecture="aarch64").lacking == ("bf16", "sve")
+    assert parse_cpuinfo("") == (None, ())
+    assert replace(here, cpu=CpuInfo("unknown", (), 1)).lacking is None
+    assert here.cpu.model and here.cpu.cores >= 1 and here.cpu.model in here.summary()
+    assert json.dumps(here.to_dict())  # JSON-ready
 
 
 def test_probe_measures_a_fresh_process_not_its_parent():
@@ -289,9 +278,9 @@ def test_report_files(comparison, tmp_path):
     assert {"comparison.md", "comparison.csv", "comparison.json", "sizing.csv", "pareto.png", "ranks.npz"} <= names
     md = (tmp_path / "comparison.md").read_text()
     assert md == markdown_report(comparison)
-    assert comparison.machine.cpu in md and "## Library sizing" in md and "Recommended:" in md
+    assert comparison.machine.cpu.model in md and "## Library sizing" in md and "Recommended:" in md
     doc = json.loads((tmp_path / "comparison.json").read_text())
-    assert doc["machine"]["instruction_sets"] == list(comparison.machine.instruction_sets)
+    assert doc["machine"]["cpu"]["flags"] == list(comparison.machine.cpu.flags)
     assert doc["front"] == [comparison.entries[i].label for i in comparison.front]
     assert doc["models"][1]["cost"]["speed_items_per_s"]["image@8"]["rounds"] == (
         comparison.entries[1].cost.speed["image@8"].values
@@ -308,7 +297,7 @@ def test_report_files(comparison, tmp_path):
     ranks = np.load(tmp_path / "ranks.npz")
     assert "xmodal-tiny-shapes (int8)/synth_shapes/t2i" in ranks.files
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
-    cores = comparison.machine.usable_cores
+    cores = comparison.machine.cpu.cores
     busy = replace(
         comparison, machine=replace(comparison.machine, load_average=(cores + 1.0, 1.0, 1.0)), load_after=None
     )

@@ -36,9 +36,9 @@ from xmodal.eval.cost import (
 from xmodal.eval.datasets.base import RetrievalDataset
 from xmodal.eval.datasets.classification import ClassificationDataset
 from xmodal.eval.embedding import DEFAULT_FRAMES
-from xmodal.eval.machine import MachineInfo, describe_machine
 from xmodal.eval.retrieval import DIRECTIONS, RetrievalResult, directions_for, evaluate_retrieval
 from xmodal.eval.zeroshot import ZeroShotResult, evaluate_zeroshot, fill_template
+from xmodal.machine import MachineInfo, describe_machine
 from xmodal.media.image import load_image
 from xmodal.media.video import sample_frames
 from xmodal.models import load_model

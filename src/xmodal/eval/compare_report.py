@@ -158,7 +158,7 @@ def header_lines(c: Comparison) -> list[str]:
     if m.load_average:
         after = f", {', '.join(map(str, c.load_after))} after" if c.load_after else ""
         load = f"load average {', '.join(map(str, m.load_average))} before the run{after}"
-    versions = ", ".join(f"{k} {v}" for k, v in m.versions.items())
+    versions = ", ".join(f"{k} {v}" for k, v in {"xmodal": xmodal.__version__, **m.versions}.items())
     data = [
         f"{e.retrieval.dataset} [{e.retrieval.split or 'all'}]: {e.retrieval.items} {e.retrieval.kind}s, "
         f"{e.retrieval.texts} captions"
@@ -174,10 +174,10 @@ def header_lines(c: Comparison) -> list[str]:
     busy = max(x[0] for x in (m.load_average, c.load_after) if x) if m.load_average else 0.0
     warning = (
         [
-            f"- Busy machine: a load average of {busy:g} on {m.usable_cores} cores means other programs shared the "
+            f"- Busy machine: a load average of {busy:g} on {m.cpu.cores} cores means other programs shared the "
             f"CPU; speeds are low and two close ones may swap places in another run. Compare on an idle machine."
         ]
-        if busy > m.usable_cores
+        if busy > m.cpu.cores
         else []
     )
     return warning + [
@@ -311,7 +311,7 @@ def write_comparison(c: Comparison, folder: Path) -> list[Path]:
         folder / "pareto.png",
         xlabel=f"image embeddings/s at batch {c.speed_batch} (log scale)",
         ylabel=c.quality.label,
-        title=f"What each point of {c.quality.label} costs — {c.machine.cpu}, {c.machine.usable_cores} cores",
+        title=f"What each point of {c.quality.label} costs — {c.machine.cpu.model}, {c.machine.cpu.cores} cores",
         highlight=c.recommended,
     )
     paths = [folder / "comparison.md", folder / "comparison.csv", folder / "comparison.json", folder / "sizing.csv"]

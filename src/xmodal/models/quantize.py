@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from xmodal.paths import cache_root
+from xmodal import settings
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def quantized_copy(src: Path) -> Path:
     """Path of a cached int8 copy of `src`, made on first use (keyed by path, size and mtime)."""
     stat = src.stat()
     key = hashlib.sha256(f"{src.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
-    dst = cache_root() / "int8" / key / "model.onnx"
+    dst = settings.current().cache_dir / "int8" / key / "model.onnx"
     if not dst.exists():
         log.info("quantizing %s to int8 (once; cached in %s)", src, dst.parent)
         quantize_model(src, dst)

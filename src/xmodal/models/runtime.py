@@ -8,7 +8,6 @@ BF16. Neither needs torch.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -141,12 +140,6 @@ def create_session(path: Path, *, runtime: str, precision: str, threads: int | N
     raise InvalidArgumentError(
         "runtime/precision", f"{runtime}/{precision}", "onnxruntime with fp32|int8, openvino with fp32|bf16"
     )
-
-
-def default_threads() -> int | None:
-    """Threads for one session: $XMODAL_THREADS if set, else the runtime's own default."""
-    value = os.environ.get("XMODAL_THREADS")
-    return int(value) if value and value.isdigit() and int(value) > 0 else None
 
 
 def _check_file(path: Path) -> None:
