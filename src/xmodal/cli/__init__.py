@@ -11,6 +11,7 @@ import typer
 
 import xmodal
 from xmodal import settings
+from xmodal.cli import compare as compare_cli
 from xmodal.cli import datasets as datasets_cli
 from xmodal.cli import demo as demo_cli
 from xmodal.cli import eval as eval_cli
@@ -38,6 +39,7 @@ app.command("prune")(library_cli.prune)
 app.add_typer(datasets_cli.app, name="datasets")
 app.command("eval")(eval_cli.evaluate)
 app.command("zeroshot")(eval_cli.zeroshot)
+app.command("compare")(compare_cli.compare)
 app.command("train")(train_cli.train)
 app.command("demo")(demo_cli.demo)
 app.command("serve")(serve_cli.serve)

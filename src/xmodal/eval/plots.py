@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from xmodal.eval.metrics import recall_curve
 from xmodal.eval.retrieval import CURVE_MAX_K, RetrievalResult
@@ -111,3 +112,80 @@ def confusion_figure(confusion: np.ndarray, classnames: Sequence[str], title: st
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=10)
     return fig
+
+
+def plot_pareto(
+    labels: Sequence[str],
+    speeds: Sequence[float],
+    qualities: Sequence[float],
+    front: Sequence[int],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    highlight: int | None = None,
+) -> Path:
+    """Quality against speed (log scale), one labelled point per entry; the front (indices by
+    speed) drawn as the staircase bounding what the other points reach, its dominated side shaded,
+    `highlight` ringed."""
+    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+    ax = fig.subplots()
+    left, right = min(speeds) / 1.6, max(speeds) * 3.0  # room for the labels right of the fastest points
+    pad = max(0.02, 0.15 * (max(qualities) - min(qualities)))
+    bottom, top = min(qualities) - pad, max(qualities) + pad
+    on_front = set(front)
+    offsets = _label_offsets(
+        [(np.log(s) - np.log(left)) / (np.log(right) - np.log(left)) for s in speeds],
+        [(q - bottom) / (top - bottom) for q in qualities],
+    )
+    for i, (label, s, q) in enumerate(zip(labels, speeds, qualities, strict=True)):
+        ax.scatter([s], [q], s=46, zorder=3, color="tab:blue" if i in on_front else "grey")
+        ax.annotate(label, (s, q), textcoords="offset points", xytext=(6, offsets[i]), fontsize=8)
+    if front:
+        # At speed x in (x[i-1], x[i]] the best quality reachable is y[i]: a "pre" staircase, run out
+        # to the left edge at the best point's height and down to the bottom at the fastest point.
+        xs = [left, *(speeds[i] for i in front), speeds[front[-1]]]
+        ys = [qualities[front[0]], *(qualities[i] for i in front), bottom]
+        ax.plot(xs, ys, drawstyle="steps-pre", color="tab:blue", linewidth=1.4, label="Pareto front", zorder=2)
+        ax.fill_between(xs, ys, bottom, step="pre", color="tab:blue", alpha=0.07, label="dominated by the front")
+    if highlight is not None:
+        ax.scatter(
+            [speeds[highlight]],
+            [qualities[highlight]],
+            s=200,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.6,
+            zorder=4,
+            label="recommended",
+        )
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    if right / left < 30:  # under a decade and a half the powers of ten alone leave the axis bare
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=3, frameon=False)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _label_offsets(xs: Sequence[float], ys: Sequence[float], near: float = 0.08) -> list[int]:
+    """Vertical label offsets (points) so that labels of points close together (within `near` of
+    the axes in both directions) stack above and below each other instead of overprinting."""
+    steps = [5, -13, 17, -25, 29, -37]
+    placed: list[tuple[float, float, int]] = []
+    out = []
+    for x, y in zip(xs, ys, strict=True):
+        taken = {k for px, py, k in placed if abs(px - x) < 2 * near and abs(py - y) < near}
+        k = next((k for k in range(len(steps)) if k not in taken), 0)
+        placed.append((x, y, k))
+        out.append(steps[k])
+    return out

@@ -96,10 +96,10 @@ def table_rows(results: Sequence[RetrievalResult], unit: str = "fraction") -> tu
 def markdown_table(results: Sequence[RetrievalResult], unit: str = "fraction") -> str:
     """The table as GitHub Markdown (numbers right-aligned)."""
     header, rows = table_rows(results, unit)
-    return _markdown(header, rows, "lll" + "r" * (len(header) - 3))
+    return markdown_grid(header, rows, "lll" + "r" * (len(header) - 3))
 
 
-def _markdown(header: list[str], rows: list[list[str]], align: str) -> str:
+def markdown_grid(header: list[str], rows: list[list[str]], align: str) -> str:
     """A Markdown table; `align` has one letter per column: l(eft) for names, r(ight) for numbers."""
     align = ["---:" if a == "r" else "---" for a in align]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, align, *rows])
@@ -328,7 +328,7 @@ def zeroshot_markdown(results: Sequence[ZeroShotResult], unit: str = "fraction")
         ]
         for r in results
     ]
-    return _markdown(header, rows, "llrrrrrrr")
+    return markdown_grid(header, rows, "llrrrrrrr")
 
 
 def per_class_markdown(result: ZeroShotResult, unit: str = "fraction", worst: int | None = None) -> str:
@@ -348,7 +348,7 @@ def per_class_markdown(result: ZeroShotResult, unit: str = "fraction", worst: in
         ]
         for r in rows
     ]
-    return _markdown(header, body, "lrrrl")
+    return markdown_grid(header, body, "lrrrl")
 
 
 def zeroshot_notes(results: Sequence[ZeroShotResult]) -> list[str]:
