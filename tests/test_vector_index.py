@@ -242,13 +242,47 @@ def test_corrupt_or_truncated_file_raises(tmp_path, spec):
     good = path.read_bytes()
     for name, bad in _corruptions(path):
         path.write_bytes(bad)
-        with pytest.raises(IndexCorruptError):
-            VectorIndex.load(path)
-            pytest.fail(f"{name} not detected")
+        for verify in (False, True):  # checked before anything is served, as searched or all at once
+            with pytest.raises(IndexCorruptError):
+                VectorIndex.load(path, verify=verify).search(vectors[:1], 5)
+                pytest.fail(f"{name} not detected")
     path.write_bytes(good)
     assert len(VectorIndex.load(path)) == 1000
     with pytest.raises(IndexCorruptError):
         VectorIndex.load(tmp_path / "missing.idx")
+
+
+def test_damage_in_a_million_vector_file_is_refused_before_serving(tmp_path):
+    """Opening maps the file and checks its frame and ids only; a flipped byte in the middle of the
+    vectors is caught by its block's checksum before the scan that reads it returns, a truncated
+    file at once."""
+    n = 1_000_000
+    vectors = random_unit(n, 8, seed=21)
+    index = build_index(np.arange(n), vectors, "exact")
+    flipped, truncated = tmp_path / "flipped.idx", tmp_path / "truncated.idx"
+    index.save(flipped)
+    index.save(truncated)
+    size = flipped.stat().st_size
+    payload_start = 8 + 8 * n
+    with open(flipped, "r+b") as file:
+        middle = payload_start + (size - payload_start) // 2
+        file.seek(middle)
+        byte = file.read(1)
+        file.seek(middle)
+        file.write(bytes([byte[0] ^ 0x04]))
+    with open(truncated, "r+b") as file:
+        file.truncate(size - 4096)
+    opened = VectorIndex.load(flipped)  # frame and ids are fine: opens
+    with pytest.raises(IndexCorruptError, match="does not match its checksum"):
+        opened.search(vectors[:1], 10)
+    with pytest.raises(IndexCorruptError, match="does not match its checksum"):
+        VectorIndex.load(flipped, verify=True)
+    with pytest.raises(IndexCorruptError, match="truncated|size"):
+        VectorIndex.load(truncated)
+    index.save(flipped)  # rewritten whole: served again, same answers
+    np.testing.assert_array_equal(
+        VectorIndex.load(flipped).search(vectors[:3], 10)[1], index.search(vectors[:3], 10)[1]
+    )
 
 
 def test_stale_ids_raise(tmp_path):

@@ -1,11 +1,15 @@
 """xmodal: images, video and text in one embedding space — search, benchmark, train, serve."""
 
 from xmodal.errors import XmodalError
-from xmodal.models import Encoder, load_model
 
 
 def __getattr__(name: str):
-    # Library pulls in faiss and the store: imported on first use, so `import xmodal` stays light.
+    # The models and the library pull in numpy, ONNX Runtime and the store: imported on first use,
+    # so `import xmodal` (and every command line) stays light.
+    if name in ("Encoder", "load_model"):
+        from xmodal import models
+
+        return getattr(models, name)
     if name == "Library":
         from xmodal.library import Library
 

@@ -28,11 +28,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xmodal import settings
-from xmodal.errors import InvalidArgumentError, LibraryError, LibraryNotFoundError, ModelNotFoundError
+from xmodal.errors import IndexFileError, InvalidArgumentError, LibraryError, LibraryNotFoundError, ModelNotFoundError
 from xmodal.media.walk import WalkOptions
 from xmodal.models import load_model
 from xmodal.models.embedder import Embedder
@@ -59,9 +60,11 @@ from xmodal.store.catalog import (
     entry_items,
 )
 from xmodal.store.indexes import IndexCache
-from xmodal.store.ingest import EmbedConfig, IndexReport, ingest
 from xmodal.store.lock import LOCK_FILE, WriterLock, describe_holder
-from xmodal.store.vector_index import TuneReport, tune_index
+
+if TYPE_CHECKING:  # the writers' machinery (decoding, Faiss tuning) is imported when a writer runs
+    from xmodal.store.ingest import EmbedConfig, IndexReport
+    from xmodal.store.vector_index import TuneReport
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +182,8 @@ class Library:
         string ("HNSW32", "IVF1024,Flat", "IVF1024,PQ32"); remembered per model. Another process
         indexing the library raises LibraryBusyError, or is waited for with `wait=True`.
         """
+        from xmodal.store.ingest import ingest
+
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         walk = WalkOptions(tuple(exclude), follow_symlinks, include_hidden)
@@ -229,6 +234,8 @@ class Library:
     ) -> TuneReport:
         """Pick the ANN search parameters (nprobe / efSearch) that reach `target_recall` recall@k
         against exact search, and remember them for this model's searches."""
+        from xmodal.store.vector_index import tune_index
+
         with self._writing(wait=wait) as catalog:
             record = self._model_record(catalog, model)
             snapshot = self._indexes.save(catalog, record)
@@ -296,7 +303,11 @@ class Library:
             wanted = candidates_for(k, decay_days is not None)
             fetch = min(len(snapshot), wanted)
             while True:
-                scores, entries = snapshot.search(vector, fetch, allowed)
+                try:
+                    scores, entries = snapshot.search(vector, fetch, allowed)
+                except IndexFileError as exc:  # a damaged block of the saved index: never served
+                    snapshot = self._indexes.damaged(catalog, record, exc)
+                    continue
                 found, first = np.unique(entry_items(entries), return_index=True)
                 if len(found) >= wanted or len(entries) < fetch or fetch >= len(snapshot):
                     break
@@ -408,9 +419,10 @@ class Library:
         return vectors[0]
 
     # -- status -----------------------------------------------------------------------------
-    def status(self) -> dict:
+    def status(self, verify: bool = False) -> dict:
         """Counts per type and status, models and their indexes, roots, the catalog's identity, and
-        who is indexing the library right now (None when nobody)."""
+        who is indexing the library right now (None when nobody). `verify` checks every block of
+        every saved index file against its checksum (reads them whole)."""
         catalog = self.catalog
         with catalog.read():
             counts = catalog.counts()
@@ -434,7 +446,7 @@ class Library:
                     for m in models
                 ],
                 "index": {
-                    m.key: self._indexes.info(catalog, m) for m in models
+                    m.key: self._indexes.info(catalog, m, verify) for m in models
                 },  # by key: a name may have 2 precisions
                 "roots": [
                     {"path": r.path, "state": r.state, "reason": r.reason, "items": catalog.count_under(r.path)}

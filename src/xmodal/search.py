@@ -34,9 +34,7 @@ import numpy as np
 
 from xmodal.errors import InvalidArgumentError
 from xmodal.media.formats import image_extensions
-from xmodal.media.image import decode_image
 from xmodal.models.embedder import Embedder
-from xmodal.models.encoder import l2_normalize
 from xmodal.store.catalog import display_path
 
 FAMILY_MIN_SCORE: dict[str, float | None] = {
@@ -190,6 +188,8 @@ def query_vector(
         ).sum(0)
     images = [t for t in terms if t.kind == "image"]
     if images:
+        from xmodal.media.image import decode_image
+
         pixels = np.stack([encoder.preprocess(decode_image(t.value, encoder.decode_options).image) for t in images])
         total += (np.asarray([t.weight for t in images])[:, None] * encoder.embed_pixels(pixels)).sum(0)
     for term in terms:
@@ -197,7 +197,8 @@ def query_vector(
             total += term.weight * item_vector(int(term.value))
     if not np.linalg.norm(total) > 1e-9:
         raise InvalidArgumentError("query", terms, "terms that do not cancel out")
-    return l2_normalize(total[None, :])[0]
+    vector = total[None, :].astype(np.float32)
+    return (vector / np.linalg.norm(vector, axis=-1, keepdims=True))[0]
 
 
 def default_min_score(family: str, terms: Sequence[QueryTerm]) -> float | None:

@@ -2,28 +2,62 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
+import click
 import typer
+from typer.core import TyperGroup
 
 import xmodal
 from xmodal import settings
-from xmodal.cli import compare as compare_cli
-from xmodal.cli import datasets as datasets_cli
-from xmodal.cli import demo as demo_cli
-from xmodal.cli import eval as eval_cli
-from xmodal.cli import library as library_cli
-from xmodal.cli import models as models_cli
-from xmodal.cli import serve as serve_cli
 from xmodal.cli import signals
-from xmodal.cli import train as train_cli
-from xmodal.cli.console import error, flag
+from xmodal.cli.console import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_TERMINATED, error, flag
 from xmodal.errors import LibraryBusyError, XmodalError
 
+# Each command's module is imported only when that command runs (or --help lists them all): a
+# search must not pay for the imports of eval, training or the server.
+COMMANDS = {
+    "models": "xmodal.cli.models:app",
+    "index": "xmodal.cli.library:index",
+    "search": "xmodal.cli.library:search",
+    "status": "xmodal.cli.library:status",
+    "prune": "xmodal.cli.library:prune",
+    "datasets": "xmodal.cli.datasets:app",
+    "eval": "xmodal.cli.eval:evaluate",
+    "zeroshot": "xmodal.cli.eval:zeroshot",
+    "compare": "xmodal.cli.compare:compare",
+    "train": "xmodal.cli.train:train",
+    "demo": "xmodal.cli.demo:demo",
+    "serve": "xmodal.cli.serve:serve",
+}
+
+
+class LazyCommands(TyperGroup):
+    """The root group: sub-commands resolved from COMMANDS by name, their modules imported then."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        found = getattr(importlib.import_module(module), attribute)
+        holder = typer.Typer(rich_markup_mode=None, add_completion=False)  # the root's settings
+        if isinstance(found, typer.Typer):
+            holder.add_typer(found, name=name)
+        else:
+            holder.command(name)(found)
+        return typer.main.get_group(holder).commands[name]
+
+
 app = typer.Typer(
+    cls=LazyCommands,
     name="xmodal",
     help="Cross-modal retrieval: search photos and videos by text or image, benchmark, train and serve CLIP-family models.",
     no_args_is_help=True,
@@ -31,18 +65,6 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,  # plain help: flags as flags, values with their metavar, text wrapped to the terminal
 )
-app.add_typer(models_cli.app, name="models")
-app.command("index")(library_cli.index)
-app.command("search")(library_cli.search)
-app.command("status")(library_cli.status)
-app.command("prune")(library_cli.prune)
-app.add_typer(datasets_cli.app, name="datasets")
-app.command("eval")(eval_cli.evaluate)
-app.command("zeroshot")(eval_cli.zeroshot)
-app.command("compare")(compare_cli.compare)
-app.command("train")(train_cli.train)
-app.command("demo")(demo_cli.demo)
-app.command("serve")(serve_cli.serve)
 
 
 class _MessageFormatter(logging.Formatter):
@@ -110,11 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except typer.Abort:
         error("interrupted")
-        return library_cli.EXIT_TERMINATED if signals.terminated() else library_cli.EXIT_INTERRUPTED
+        return EXIT_TERMINATED if signals.terminated() else EXIT_INTERRUPTED
     except XmodalError as exc:
         error(str(exc))
-        return library_cli.EXIT_BUSY if isinstance(exc, LibraryBusyError) else 1
+        return EXIT_BUSY if isinstance(exc, LibraryBusyError) else 1
     except KeyboardInterrupt:
         error("interrupted")
-        return library_cli.EXIT_TERMINATED if signals.terminated() else library_cli.EXIT_INTERRUPTED
+        return EXIT_TERMINATED if signals.terminated() else EXIT_INTERRUPTED
     return code if isinstance(code, int) else 0

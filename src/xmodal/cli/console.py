@@ -11,47 +11,61 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.progress import (
-    Progress as RichProgress,
-)
-from rich.text import Text
 
 from xmodal.progress import NullProgress, Progress
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+EXIT_BUSY = 75  # another process is indexing the library (sysexits' EX_TEMPFAIL: try again later)
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+@cache
+def _consoles() -> tuple[Console, Console]:
+    """Rich's consoles (stdout, stderr), made on first use: Rich costs tens of milliseconds to
+    import, which a plain `xmodal search` in a pipe never needs."""
+    from rich.console import Console
+
+    return Console(), Console(stderr=True)
+
+
+def __getattr__(name: str) -> Console:
+    if name in ("console", "err_console"):
+        return _consoles()[name == "err_console"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def say(text: str, *, err: bool = False) -> None:
-    """Plain text to stdout (or stderr): tables, paths and commands stay copy-pasteable (no markup,
-    no wrapping)."""
-    (err_console if err else console).print(text, markup=False, highlight=False, soft_wrap=True)
+    """Plain text and a newline to stdout (or stderr), exactly as given: tables, paths, TSV (tabs
+    stay tabs) and commands stay copy-pasteable (no markup, no wrapping)."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        stream.write(text + "\n")
+    except UnicodeEncodeError:  # a terminal that cannot show some character: escape it, never fail
+        stream.flush()
+        stream.buffer.write((text + "\n").encode(stream.encoding or "utf-8", "backslashreplace"))
+    stream.flush()
 
 
 def error(message: str, option: str | None = None) -> None:
     """`error: [--option: ]message` on stderr."""
+    from rich.markup import escape
+
     where = f"{option}: " if option else ""
-    err_console.print(f"[bold red]error:[/] {escape(where + message)}", highlight=False, soft_wrap=True)
+    _consoles()[1].print(f"[bold red]error:[/] {escape(where + message)}", highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
     """`warning: message` on stderr."""
-    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    _consoles()[1].print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def flag(help: str, *names: str, **kwargs: Any) -> Any:
@@ -59,44 +73,13 @@ def flag(help: str, *names: str, **kwargs: Any) -> Any:
     return typer.Option(False, *names, help=help, metavar="", show_default=False, **kwargs)
 
 
-class ItemsPerSecondColumn(ProgressColumn):
-    """Throughput in items per second (Rich only ships a bytes/s column)."""
-
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.1f} items/s" if task.speed else "", style="cyan")
-
-
-class RichProgressReporter:
-    """xmodal.progress.Progress drawn as a Rich bar with items/s and ETA."""
-
-    def __init__(self, progress: RichProgress):
-        self._progress = progress
-        self._task: TaskID | None = None
-
-    def start(self, description: str, total: int | None) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, visible=False)
-        self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, n: int = 1) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, n)
-
-
 @contextmanager
 def progress_bar(quiet: bool = False) -> Iterator[Progress]:
     """A progress reporter: a live bar on a terminal, silent when quiet or not a TTY."""
-    if quiet or not err_console.is_terminal or not sys.stderr.isatty():
+    if quiet or not sys.stderr.isatty() or not _consoles()[1].is_terminal:
         yield NullProgress()
         return
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        ItemsPerSecondColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with RichProgress(*columns, console=err_console) as bar:
-        yield RichProgressReporter(bar)
+    from xmodal.cli.progress_bar import rich_progress
+
+    with rich_progress(_consoles()[1]) as reporter:
+        yield reporter

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import flag, progress_bar, say
+from xmodal.cli.console import EXIT_INTERRUPTED, EXIT_TERMINATED, flag, progress_bar, say
 
 LIBRARY_HELP = "Library folder (default: $XMODAL_LIBRARY, else the user data folder)."
 PRECISIONS_HELP = "fp32 (default), int8 (ONNX Runtime) or bf16 (OpenVINO)."
-EXIT_BUSY = 75  # another process is indexing the library (sysexits' EX_TEMPFAIL: try again later)
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
 
 
 def _open(library: Path | None):
@@ -208,17 +205,22 @@ def status(
     library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
     as_json: bool = flag("Print the status as JSON.", "--json"),
     errors: bool = flag("List every failed file with its reason.", "--errors"),
+    verify: bool = flag("Check every block of every saved vector index against its checksum.", "--verify"),
 ) -> None:
-    """Items per type, failures, models and their vector indexes, folders, and who is indexing."""
+    """Items per type, failures, models and their vector indexes, folders, and who is indexing.
+
+    With --verify, exit code 1 when a saved index is damaged (searches then rebuild it from the
+    catalog in memory until the next index run rewrites it)."""
     from xmodal.store.catalog import display_path
 
     with _existing(library) as lib:
-        info = lib.status()
+        info = lib.status(verify=verify)
         failures = lib.errors() if errors else []
     if as_json:
         if errors:
             info["errors"] = [{"path": display_path(p), "reason": r} for p, r in failures]
         say(json.dumps(info, indent=2, ensure_ascii=False))
+        _exit_if_damaged(info)
         return
     items = ", ".join(f"{n} {t}s" for t, n in info["items"].items())
     pending = sum(info["pending"].values())
@@ -235,11 +237,18 @@ def status(
             f"  model {m['name']} ({m['precision']}, dim {m['dim']}): {m['embeddings']} embeddings; "
             f"index {idx['spec'] or idx['setting']} of {idx['size']} ({state})"
             + (f", {idx['search_params']}" if idx["search_params"] else "")
+            + ("" if "verified" not in idx else "; verified" if idx["verified"] else f"; DAMAGED: {idx['problem']}")
         )
     if errors and not failures:
         say("no failed files")
     for path, reason in failures:
         say(f"{display_path(path)}: {reason}")
+    _exit_if_damaged(info)
+
+
+def _exit_if_damaged(info: dict) -> None:
+    if any(idx.get("verified") is False for idx in info["index"].values()):
+        raise typer.Exit(1)
 
 
 def prune(

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from xmodal.errors import ImageTooLargeError, MediaError
+from xmodal.media.options import WHITE, DecodeOptions
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +32,10 @@ except ImportError:  # pragma: no cover - optional plugin
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
-# Pillow raises DecompressionBombError itself above twice its MAX_IMAGE_PIXELS; using the same
-# number keeps our limit and Pillow's in agreement by default while allowing a lower one.
-DEFAULT_MAX_PIXELS = 2 * 89_478_485
-WHITE = (255, 255, 255)
-
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
 _OFFSET_TIME_ORIGINAL = 0x9011
 _DATETIME = 0x0132
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How to decode: pixel limit, background for transparency, JPEG draft target."""
-
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    background: tuple[int, int, int] = WHITE
-    # JPEG only: let libjpeg scale down in the DCT domain while both sides stay >= this many
-    # pixels (a 12 MP photo decodes ~6x faster). None decodes at full resolution.
-    draft_size: int | None = None
 
 
 @dataclass

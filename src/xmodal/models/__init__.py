@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from xmodal import settings
-from xmodal.media.image import DecodeOptions
+from xmodal.media.options import DecodeOptions
 from xmodal.models.config import ModelConfig, PreprocessCfg, TextCfg, load_model_config
 from xmodal.models.embedder import Embedder
 from xmodal.models.encoder import Encoder, l2_normalize

@@ -8,12 +8,14 @@ search a library the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-from PIL import Image
 
-from xmodal.media.image import DecodeOptions
+from xmodal.media.options import DecodeOptions
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @runtime_checkable

@@ -9,18 +9,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from xmodal.errors import InvalidArgumentError, MediaError, ModelFormatError
-from xmodal.media.image import DecodedImage, DecodeOptions, ImageInput, decode_image
+from xmodal.media.options import DecodeOptions
 from xmodal.models.config import ModelConfig
 from xmodal.models.preprocess import ImagePreprocessor
 from xmodal.models.registry import known_models
 from xmodal.models.runtime import EncoderSession, create_session
-from xmodal.models.tokenizer import TextTokenizer, TokenBatch
 from xmodal.parallel import bounded_map
+
+if TYPE_CHECKING:  # Pillow and the tokenizers library load when first used (a cached query needs neither)
+    from xmodal.media.image import DecodedImage, ImageInput
+    from xmodal.models.tokenizer import TextTokenizer, TokenBatch
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +124,16 @@ class Encoder:
     def tokenizer(self) -> TextTokenizer:
         with self._lock:
             if self._tokenizer is None:
+                from xmodal.models.tokenizer import TextTokenizer
+
                 self._tokenizer = TextTokenizer(self.config.tokenizer_path, self.config.text)
             return self._tokenizer
 
     # -- images ---------------------------------------------------------------------------
     def decode(self, item: ImageInput) -> DecodedImage:
         """Decode one image with this model's decode options (JPEG draft to 2x its input size)."""
+        from xmodal.media.image import decode_image
+
         return decode_image(item, self.decode_options)
 
     def prepare_image(self, item: ImageInput) -> np.ndarray:

@@ -7,24 +7,22 @@ Pillow on uint8 pixels (shortest side -> centre crop, squash, or longest side ->
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from PIL import Image
 
 from xmodal.models.config import PreprocessCfg
 
-_RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def resize_for_model(img: Image.Image, cfg: PreprocessCfg) -> Image.Image:
-    """Resize (and crop or pad) an RGB image to cfg.size x cfg.size following cfg.resize_mode."""
-    size, resample = cfg.size, _RESAMPLE[cfg.interpolation]
+    """Resize (and crop or pad) an RGB image to cfg.size x cfg.size following cfg.resize_mode
+    (Pillow is imported here, when an image is resized: a text search never needs it)."""
+    from PIL import Image
+
+    size, resample = cfg.size, Image.Resampling[cfg.interpolation.upper()]
     width, height = img.size
     if cfg.resize_mode == "squash":
         return img if img.size == (size, size) else img.resize((size, size), resample)

@@ -9,6 +9,11 @@ so a search keeps using the snapshot it started with while another thread publis
 (the structure of Lucene's segments and deletes). Deltas are merged when there are many, into the
 base when they grow large; only the writer saves, always one merged index with the catalog's
 UUID, revision and revision token in its header.
+
+A saved index is mapped, not read, and each of its blocks is checked against its checksum when a
+search first reads it (store/index/file.py). A search that meets a damaged block gets the snapshot
+rebuilt from the catalog (`damaged`) and that file is not opened again by this process; the writer
+verifies every file it saves, and rewrites one found damaged.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import numpy as np
 
 from xmodal.errors import DiskFullError, IndexFileError, XmodalError
 from xmodal.store.catalog import ENTRY_BITS, Catalog, ModelRecord
-from xmodal.store.index.base import PAD_ID, top_k_sorted
-from xmodal.store.vector_index import ExactIndex, VectorIndex, build_index, choose_spec, index_file_info
+from xmodal.store.index import file as index_file
+from xmodal.store.index.base import PAD_ID, VectorIndex, top_k_sorted
+from xmodal.store.index.exact import ExactIndex
+from xmodal.store.index.factory import build_index, choose_spec, index_file_info
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +149,7 @@ class IndexCache:
         self._snapshots: dict[str, IndexSnapshot] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._damaged: dict[Path, tuple[tuple[int, int, int], str]] = {}  # file -> (its stat, why refused)
 
     def path(self, model_key: str) -> Path:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_key.split(":")[0])[:60]
@@ -181,11 +189,25 @@ class IndexCache:
             and snapshot.search_params == (record.search_params or "")
         )
 
+    def damaged(self, catalog: Catalog, record: ModelRecord, error: IndexFileError) -> IndexSnapshot:
+        """A search met a damaged block of the saved index: never open that file again (until it is
+        rewritten) and use a snapshot built from the catalog instead."""
+        path = self.path(record.key)
+        self._damaged[path] = (_identity(path), error.reason)
+        log.warning("rebuilding the %s index from the catalog: %s", record.name, error)
+        with self._lock(record.key):
+            snapshot = self.build(catalog, record)
+            self._snapshots[record.key] = snapshot
+            return snapshot
+
     def _open(self, catalog: Catalog, record: ModelRecord) -> IndexSnapshot:
         """The saved index when it is this catalog's at a revision the catalog went through, else
         one built from the catalog (in memory: only the writer saves)."""
         path = self.path(record.key)
         reason = self._refusal(path, catalog, record)
+        known = self._damaged.get(path)
+        if reason is None and known is not None and known[0] == _identity(path):
+            reason = known[1]
         if reason is None:
             try:
                 index = VectorIndex.load(path)
@@ -264,6 +286,7 @@ class IndexCache:
         if (
             self._refusal(path, catalog, record) is None
             and index_file_info(path)["meta"]["revision"] == merged.revision
+            and verify_file(path) is None
         ):
             self._snapshots[record.key] = merged  # the file already holds exactly this
             return merged
@@ -273,17 +296,26 @@ class IndexCache:
             if exc.errno != 28:  # ENOSPC
                 raise
             log.warning("%s: %s", path, DiskFullError(path, "not saved, the disk is full; searches rebuild it").reason)
+        else:
+            problem = verify_file(path)  # read back whole: what was written is what is served
+            if problem is not None:
+                raise IndexFileError(path, f"damaged as soon as written ({problem}); check the disk")
+            self._damaged.pop(path, None)
         self._snapshots[record.key] = merged
         return merged
 
-    def info(self, catalog: Catalog, record: ModelRecord) -> dict[str, Any]:
-        """What the saved index file says (spec, size, whether it reflects the latest revision)."""
+    def info(self, catalog: Catalog, record: ModelRecord, verify: bool = False) -> dict[str, Any]:
+        """What the saved index file says (spec, size, whether it reflects the latest revision);
+        with `verify`, every block of it is checked too ("verified": True, or the problem)."""
         path = self.path(record.key)
         reason = self._refusal(path, catalog, record)
+        if reason is None and verify:
+            reason = verify_file(path)
         header: dict[str, Any] = {}
         if reason is None:
             header = index_file_info(path)
         return {
+            **({"verified": reason is None if path.exists() else None} if verify else {}),
             "spec": header.get("spec"),
             "setting": record.index_spec,
             "size": header.get("count", 0),
@@ -293,6 +325,24 @@ class IndexCache:
             "problem": reason if reason != "no saved index" else None,
             "path": str(path),
         }
+
+
+def verify_file(path: Path) -> str | None:
+    """Why the index file at `path` fails a full check of every block, or None when it passes."""
+    try:
+        index_file.open_index_file(path).verify()
+    except IndexFileError as exc:
+        return exc.reason
+    return None
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """(inode, size, mtime) of a file: a rewritten index (a new inode) is a new file."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def _delta_index(base: VectorIndex, ids: np.ndarray, vectors: np.ndarray) -> ExactIndex:

@@ -1,27 +1,32 @@
 """The VectorIndex interface shared by every backend: argument checks, result order, persistence.
 
 Backends (exact scan, Faiss ANN) implement `_add`, `_remove`, `_search`, `_write_payload` and
-`_from_payload`, and register themselves by their `kind` when their class is defined; everything
-callers see (validation, padding, tie order, the file format) lives here once.
+`_from_payload` (or `_from_file`, to read a mapped file on demand), and register themselves by their
+`kind` when their class is defined; a saved file's backend is imported when one is loaded, so
+searching an exact index never imports Faiss. Everything callers see (validation, padding, tie
+order, the file format) lives here once.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
 import logging
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from xmodal.errors import InvalidArgumentError
+from xmodal.errors import IndexCorruptError, InvalidArgumentError
 from xmodal.store.index import file as index_file
 
 log = logging.getLogger(__name__)
 
 PAD_ID = -1  # id of padding results when fewer than k items qualify (their score is -inf)
 _BACKENDS: dict[str, type[VectorIndex]] = {}  # kind -> class, filled as backend classes are defined
+_BACKEND_MODULES = {"exact": "xmodal.store.index.exact", "faiss": "xmodal.store.index.faiss_ann"}
 
 
 class VectorIndex(abc.ABC):
@@ -76,6 +81,19 @@ class VectorIndex(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def _from_payload(cls, header: dict[str, Any], ids: np.ndarray, read: Callable[[int], bytes]) -> VectorIndex: ...
+
+    @classmethod
+    def _from_file(cls, file: index_file.IndexFile) -> VectorIndex:
+        """The index of an opened file: by default its whole payload, verified, then parsed."""
+        read = file.payload_reader()
+        index = cls._from_payload(file.header, file.ids.astype(np.int64), read)
+        if read.left():
+            raise ValueError(f"{read.left()} payload bytes left unread")
+        return index
+
+    def _payload_block_bytes(self) -> int:
+        """The payload checksum block size this backend reads in (see `_from_file`)."""
+        return index_file.BLOCK_BYTES
 
     @abc.abstractmethod
     def memory_bytes(self) -> int:
@@ -151,23 +169,30 @@ class VectorIndex(abc.ABC):
         """Write the index atomically (unique temp file, fsync, rename) with its spec, ids, `meta`
         and checksums in one file: what it was derived from can never disagree with its contents."""
         header = {"kind": self.kind, "spec": self.spec, "dim": self.dim, "params": self.params, "meta": self.meta}
-        index_file.write(Path(path), header, self.ids, self._write_payload)
+        index_file.write(Path(path), header, self.ids, self._write_payload, self._payload_block_bytes())
         log.info("saved %s index of %d vectors to %s", self.spec, len(self), path)
 
     @staticmethod
-    def load(path: str | Path, *, expected_ids: np.ndarray | None = None) -> VectorIndex:
-        """Read a saved index; IndexCorruptError if damaged, StaleIndexError if its ids differ from
-        `expected_ids` (compared as sets). Never returns an index it could not verify."""
-
-        def build(header: dict[str, Any], ids: np.ndarray, read: Callable[[int], bytes]) -> VectorIndex:
-            backend = _BACKENDS.get(header.get("kind"))
-            if backend is None:
-                raise ValueError(f"unknown index kind {header.get('kind')!r}")
-            index = backend._from_payload(header, ids, read)
-            index.meta = dict(header.get("meta") or {})
-            return index
-
-        return index_file.read(path, build, expected_ids)
+    def load(path: str | Path, *, expected_ids: np.ndarray | None = None, verify: bool = False) -> VectorIndex:
+        """Open a saved index; IndexCorruptError if damaged, StaleIndexError if its ids differ from
+        `expected_ids` (compared as sets). Never serves from data it did not verify: the frame and
+        ids at once, every payload block before it is first read (all of them now with `verify`)."""
+        file = index_file.open_index_file(path, expected_ids)
+        header = file.header
+        kind = header.get("kind")
+        if kind in _BACKEND_MODULES:
+            importlib.import_module(_BACKEND_MODULES[kind])
+        backend = _BACKENDS.get(kind)
+        if backend is None:
+            raise IndexCorruptError(file.path, f"payload does not parse: unknown index kind {kind!r}")
+        if verify:
+            file.verify()
+        try:
+            index = backend._from_file(file)
+        except (RuntimeError, ValueError, KeyError, TypeError, struct.error) as error:
+            raise IndexCorruptError(file.path, f"payload does not parse: {error}") from error
+        index.meta = dict(header.get("meta") or {})
+        return index
 
     def _as_vectors(self, vectors: np.ndarray, name: str) -> np.ndarray:
         array = np.asarray(vectors)

@@ -1,11 +1,11 @@
 """Exact top-k search: float16 (or float32) vectors in cache-sized blocks, scanned on all cores.
 
-Why this shape: numpy has no fast float16 kernel (a float16 matmul over 1M x 512 takes seconds),
-while Faiss's scalar-quantizer scan reads float16 codes with F16C/AVX-512 and accumulates in float32.
-The vectors live in blocks of ~1 MiB (one `IndexScalarQuantizer` fp16 or `IndexFlatIP` each), so a
-batch of queries reuses each block from L2 cache, the work splits across threads by block ranges
-(Faiss releases the GIL), and no float32 copy of the collection ever exists: memory is the stored
-vectors plus the ids. Scores are exact inner products of the stored vectors (float16 rounding of a
+Why this shape: the vectors live in blocks of ~512 KiB, plain numpy arrays that are either owned or
+views of a mapped index file (opening a saved index reads nothing; each block is checked against
+its checksum the first time a scan reads it). A block is scored by ONNX Runtime (`scan.py`: cast to
+float32 in cache, one GEMM, top-k), so no float32 copy of the collection ever exists and no Faiss
+is imported for exact search; the work splits across threads by block ranges (ONNX Runtime
+releases the GIL). Scores are exact inner products of the stored vectors (float16 rounding of a
 unit vector moves a score by ~1e-4, far below the gaps between real neighbours).
 """
 
@@ -17,16 +17,18 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
-import faiss
 import numpy as np
 
 from xmodal.errors import InvalidArgumentError
 from xmodal.store.index.base import VectorIndex
+from xmodal.store.index.file import IndexFile
+from xmodal.store.index.scan import scan_block
 
 STORAGES = {"fp16": np.float16, "fp32": np.float32}
-_BLOCK_BYTES = 1 << 20  # one block stays in L2 while every query of a batch scans it
+_BLOCK_BYTES = 1 << 19  # one block (and its float32 cast) stays in L2 while it is scored
 _GATHER_MAX = 4096  # an `allowed` set this small is scored row by row instead of scanning blocks
 _PARALLEL_MIN_ROWS = 32_768  # below this a scan is too short to be worth other threads
+_MERGE_EVERY = 64  # blocks between reductions of a thread's candidates to the best k
 
 
 @cache
@@ -59,10 +61,12 @@ class ExactIndex(VectorIndex):
         self._dtype = np.dtype(STORAGES[storage])
         self._code_size = self.dim * self._dtype.itemsize
         self._block_rows = max(256, _BLOCK_BYTES // self._code_size)
-        self._blocks: list[faiss.IndexFlatCodes] = []
+        self._blocks: list[np.ndarray] = []  # (rows, dim) arrays of the storage dtype, all full but the last
         self._starts = np.zeros(1, dtype=np.int64)  # first position of each block, then the total
         self._ids = np.empty(0, dtype=np.int64)
         self._lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted ids, their positions)
+        self._file: IndexFile | None = None  # the mapped file the first `_mapped` blocks view
+        self._mapped = 0
 
     @property
     def ids(self) -> np.ndarray:
@@ -82,17 +86,26 @@ class ExactIndex(VectorIndex):
 
     # --- storage ------------------------------------------------------------------------------
 
+    def _block(self, number: int) -> np.ndarray:
+        """Block `number`, checked against the file's checksum first when it views a mapped file."""
+        if number < self._mapped:
+            assert self._file is not None
+            self._file.check(
+                number * self._block_rows * self._code_size, (number + 1) * self._block_rows * self._code_size
+            )
+        return self._blocks[number]
+
     def stored_rows(self, positions: np.ndarray | None = None) -> np.ndarray:
         """The stored vectors (all, or those at `positions`) in the storage dtype (float16 rows come
         back bit for bit, with no float32 copy of the collection)."""
         if positions is None:
-            parts = [self._codes(block) for block in self._blocks]
+            parts = [self._block(n) for n in range(len(self._blocks))]
             return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=self._dtype)
         out = np.empty((len(positions), self.dim), dtype=self._dtype)
         blocks = np.searchsorted(self._starts, positions, side="right") - 1
         for number in np.unique(blocks):
             where = blocks == number
-            out[where] = self._codes(self._blocks[number])[positions[where] - self._starts[number]]
+            out[where] = self._block(int(number))[positions[where] - self._starts[number]]
         return out
 
     def live(self, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,40 +118,27 @@ class ExactIndex(VectorIndex):
         beyond the shapes: for merging indexes of the same storage)."""
         if rows.dtype != self._dtype or rows.shape != (len(ids), self.dim):
             raise InvalidArgumentError("rows", f"{rows.dtype} {rows.shape}", f"{self._dtype} ({len(ids)}, {self.dim})")
-        self._append_rows(np.ascontiguousarray(rows))
+        self._append_rows(rows)
         self._update_starts()
         self._ids = np.concatenate([self._ids, np.asarray(ids, dtype=np.int64)])
         self._lookup = None
 
-    def _new_block(self) -> faiss.IndexFlatCodes:
-        if self.storage == "fp16":
-            return faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        return faiss.IndexFlatIP(self.dim)
-
-    def _codes(self, block: faiss.IndexFlatCodes) -> np.ndarray:
-        """The block's stored vectors as an (n, dim) array viewing Faiss's memory (no copy)."""
-        if block.ntotal == 0:
-            return np.empty((0, self.dim), dtype=self._dtype)
-        raw = faiss.rev_swig_ptr(block.codes.data(), block.ntotal * self._code_size)
-        return raw.view(self._dtype).reshape(block.ntotal, self.dim)
-
     def _append_rows(self, rows: np.ndarray) -> None:
         """Append vectors already in the storage dtype, filling the last block first."""
         done = 0
+        if self._blocks and len(self._blocks[-1]) < self._block_rows and len(rows):
+            last = len(self._blocks) - 1
+            take = min(self._block_rows - len(self._blocks[last]), len(rows))
+            self._blocks[last] = np.concatenate([self._block(last), rows[:take]])  # a mapped block is copied
+            self._mapped = min(self._mapped, last)
+            done = take
         while done < len(rows):
-            if not self._blocks or self._blocks[-1].ntotal >= self._block_rows:
-                self._blocks.append(self._new_block())
-            block = self._blocks[-1]
-            take = min(self._block_rows - block.ntotal, len(rows) - done)
-            old = block.ntotal
-            block.codes.resize((old + take) * self._code_size)
-            raw = faiss.rev_swig_ptr(block.codes.data(), (old + take) * self._code_size)
-            raw[old * self._code_size :] = rows[done : done + take].view(np.uint8).reshape(-1)
-            block.ntotal = old + take
+            take = min(self._block_rows, len(rows) - done)
+            self._blocks.append(np.array(rows[done : done + take], dtype=self._dtype))
             done += take
 
     def _update_starts(self) -> None:
-        self._starts = np.concatenate([[0], np.cumsum([b.ntotal for b in self._blocks])]).astype(np.int64)
+        self._starts = np.concatenate([[0], np.cumsum([len(b) for b in self._blocks])]).astype(np.int64)
 
     def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         for start in range(0, len(vectors), self._block_rows):
@@ -151,11 +151,11 @@ class ExactIndex(VectorIndex):
         keep = ~np.isin(self._ids, ids)
         removed = int(len(keep) - keep.sum())
         if removed:
-            old, starts = self._blocks, self._starts
-            self._blocks = []
+            old, starts = [self._block(n) for n in range(len(self._blocks))], self._starts
+            self._blocks, self._mapped = [], 0
             for number, block in enumerate(old):  # repack block by block: memory grows by one block at most
-                rows = self._codes(block)[keep[starts[number] : starts[number + 1]]]
-                old[number] = None
+                rows = block[keep[starts[number] : starts[number + 1]]]
+                old[number] = None  # type: ignore[call-overload]
                 self._append_rows(rows)
             self._update_starts()
             self._ids = self._ids[keep]
@@ -216,31 +216,36 @@ class ExactIndex(VectorIndex):
     def _scan(
         self, queries: np.ndarray, k: int, blocks: np.ndarray, mask: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, positions) of these blocks, each block scanned once for all queries."""
-        # One OpenMP thread for this calling thread: the scan pool is the parallelism. OpenMP teams
-        # over ~1 MiB blocks cost more than they bring, and on busy cores a team waits for its
-        # descheduled member (a 300-vector search took 40 ms instead of 0.1 ms).
-        faiss.omp_set_num_threads(1)
-        heap = faiss.ResultHeap(len(queries), k, keep_max=True)
-        for number in blocks:
-            block, start = self._blocks[number], int(self._starts[number])
-            search_params = None
+        """The best k (scores, positions) per query of these blocks (positions -1: padding), each
+        block verified (when mapped) and scored once for all queries."""
+        scores: list[np.ndarray] = []
+        positions: list[np.ndarray] = []
+        for count, number in enumerate(blocks, start=1):
+            start = int(self._starts[number])
+            bias = None
             if mask is not None:
-                members = mask[start : start + block.ntotal]
+                members = mask[start : int(self._starts[number + 1])]
                 if not members.any():
                     continue
-                bits = np.packbits(members, bitorder="little")
-                search_params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(members), faiss.swig_ptr(bits)))
-            scores, local = block.search(queries, k, params=search_params)
-            heap.add_result(scores, np.where(local >= 0, local + start, -1))
-        heap.finalize()
-        return heap.D, heap.I
+                bias = np.where(members, np.float32(0), np.float32(-np.inf))
+            values, local = scan_block(self._block(int(number)), queries, k, bias)
+            scores.append(values)
+            positions.append(np.where(np.isfinite(values), local + start, -1))
+            if count % _MERGE_EVERY == 0:
+                best_scores, best_positions = _best(scores, positions, k)
+                scores, positions = [best_scores], [best_positions]
+        if not scores:
+            return np.full((len(queries), 1), -np.inf, np.float32), np.full((len(queries), 1), -1, np.int64)
+        return _best(scores, positions, k)
 
     # --- persistence --------------------------------------------------------------------------
 
+    def _payload_block_bytes(self) -> int:
+        return self._block_rows * self._code_size  # one checksum per scan block
+
     def _write_payload(self, write: Callable[[bytes], Any]) -> dict[str, Any]:
-        for block in self._blocks:
-            write(self._codes(block).view(np.uint8).reshape(-1))
+        for number in range(len(self._blocks)):
+            write(np.ascontiguousarray(self._block(number)).view(np.uint8).reshape(-1))
         return {"storage": self.storage}
 
     @classmethod
@@ -255,3 +260,33 @@ class ExactIndex(VectorIndex):
         index._update_starts()
         index._ids = ids
         return index
+
+    @classmethod
+    def _from_file(cls, file: IndexFile) -> ExactIndex:
+        """Blocks that view the mapped file (nothing read until searched; each block is checked
+        against its checksum on first read)."""
+        header = file.header
+        index = cls(header["dim"], header.get("storage", "fp16"), header["spec"], header.get("params", ""))
+        count = len(file.ids)
+        if file.block_bytes != index._block_rows * index._code_size or len(file.payload) != count * index._code_size:
+            return super()._from_file(file)  # written with another layout: read and verify it whole
+        rows = file.payload.view(index._dtype).reshape(count, index.dim)
+        index._blocks = [rows[start : start + index._block_rows] for start in range(0, count, index._block_rows)]
+        index._file, index._mapped = file, len(index._blocks)
+        index._update_starts()
+        index._ids = file.ids.astype(np.int64)
+        return index
+
+
+def _best(scores: list[np.ndarray], positions: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query the k best candidates: highest score first, equal scores by position (padding last)."""
+    all_scores, all_positions = np.concatenate(scores, axis=1), np.concatenate(positions, axis=1)
+    if all_scores.shape[1] <= k:
+        return all_scores, all_positions
+    keys = np.where(all_positions < 0, np.iinfo(np.int64).max, all_positions)
+    out_scores = np.empty((len(all_scores), k), np.float32)
+    out_positions = np.empty((len(all_scores), k), np.int64)
+    for row in range(len(all_scores)):
+        order = np.lexsort((keys[row], -all_scores[row]))[:k]
+        out_scores[row], out_positions[row] = all_scores[row, order], all_positions[row, order]
+    return out_scores, out_positions

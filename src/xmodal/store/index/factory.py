@@ -10,7 +10,6 @@ from xmodal.errors import InvalidArgumentError
 from xmodal.store.index import file as index_file
 from xmodal.store.index.base import VectorIndex, as_ids
 from xmodal.store.index.exact import ExactIndex
-from xmodal.store.index.faiss_ann import FaissIndex
 
 # "auto" searches exactly up to this many vectors: an exact float16 scan of 1M x 512 takes well under
 # 100 ms on two cores (BENCHMARKS.md, "Vector search"), fast enough for interactive search, with no
@@ -31,6 +30,8 @@ def create_index(spec: str, dim: int) -> VectorIndex:
     name, _, storage = spec.partition(",")
     if name == "exact":
         return ExactIndex(int(dim), storage or "fp16")
+    from xmodal.store.index.faiss_ann import FaissIndex  # Faiss is imported for ANN indexes only
+
     return FaissIndex.create(spec, int(dim))
 
 
@@ -46,7 +47,7 @@ def build_index(ids: np.ndarray, vectors: np.ndarray, spec: str = "auto") -> Vec
     if array.ndim != 2:
         raise InvalidArgumentError("vectors", f"shape {array.shape}", "(N, D)")
     index = create_index(choose_spec(len(ids)) if spec == "auto" else spec, array.shape[1])
-    if isinstance(index, FaissIndex) and len(ids):
+    if not isinstance(index, ExactIndex) and len(ids):
         index.train(array)
     index.add(ids, array)
     return index
