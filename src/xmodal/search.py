@@ -164,8 +164,10 @@ def _classify(raw: str, weight: float) -> QueryTerm:
     if re.fullmatch(r"#\d+", raw):
         return QueryTerm("item", raw[1:], weight)
     path = Path(raw).expanduser()
-    looks_like_path = (
-        raw.startswith(("./", "../", "/", "~")) or os.sep in raw or path.suffix.lower() in image_extensions()
+    looks_like_path = (  # image_extensions() imports Pillow: asked only of text that ends like a file name
+        raw.startswith(("./", "../", "/", "~"))
+        or os.sep in raw
+        or (path.suffix and path.suffix.lower() in image_extensions())
     )
     if looks_like_path and path.is_file():
         return QueryTerm("image", str(path), weight)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from xmodal.errors import DiskFullError, IndexFileError, XmodalError
+from xmodal.errors import DiskFullError, IndexCorruptError, IndexFileError, XmodalError
 from xmodal.store.catalog import ENTRY_BITS, Catalog, ModelRecord
 from xmodal.store.index import file as index_file
 from xmodal.store.index.base import PAD_ID, VectorIndex, top_k_sorted
@@ -269,7 +269,14 @@ class IndexCache:
     # -- the writer -------------------------------------------------------------------------
     def save(self, catalog: Catalog, record: ModelRecord, rebuilt: IndexSnapshot | None = None) -> IndexSnapshot:
         """Merge the model's snapshot into one index and save it with the catalog's identity (the
-        writer only). A full disk leaves the old file and is logged: searches catch up in memory."""
+        writer only). A full disk leaves the old file and is logged: searches catch up in memory.
+        A saved index found damaged on the way is replaced by one built from the catalog."""
+        try:
+            return self._save(catalog, record, rebuilt)
+        except IndexCorruptError as exc:  # not IndexFileError: a file damaged as soon as written is not retried
+            return self._save(catalog, record, self.damaged(catalog, record, exc))
+
+    def _save(self, catalog: Catalog, record: ModelRecord, rebuilt: IndexSnapshot | None) -> IndexSnapshot:
         with catalog.read():
             snapshot = rebuilt or self.snapshot(catalog, record)
             merged = _merged(snapshot, catalog, record)

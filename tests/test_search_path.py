@@ -1,0 +1,103 @@
+"""What a one-shot `xmodal search` costs and trusts: the modules it imports (checked with `python -X
+importtime`), a damaged saved index that is refused before it serves anything, and `status --verify`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xmodal
+from library_helpers import make_photo_tree
+from xmodal.library import Library
+
+SRC = str(Path(xmodal.__file__).parents[1])
+# Modules a text search over an exact index must not load: each costs tens of milliseconds (or, for
+# torch, seconds) on every call, and none is needed to embed a text and scan float16 vectors.
+NOT_ON_THE_SEARCH_PATH = ("torch", "faiss", "matplotlib", "transformers", "PIL", "pydantic", "rich", "av", "fastapi")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("search-path")
+    make_photo_tree(root / "photos", 12)
+    with Library(root / "lib") as lib:
+        lib.index([root / "photos"], model="xmodal-tiny-shapes")
+    return root / "lib"
+
+
+def xmodal_cli(*args: str, importtime: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "xmodal", *args]
+    return subprocess.run(command, capture_output=True, env=env, timeout=120)
+
+
+def imported_modules(importtime_stderr: str) -> set[str]:
+    names = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)\s*$", importtime_stderr, flags=re.M)
+    return {name.split(".")[0] for name in names}
+
+
+def test_text_search_imports_only_what_it_needs(library: Path):
+    done = xmodal_cli("search", "a red circle", "-l", str(library), "-k", "3", "--format", "paths", importtime=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert len(done.stdout.splitlines()) == 3
+    modules = imported_modules(done.stderr.decode())
+    assert {"xmodal", "numpy", "onnxruntime"} <= modules  # the parse really saw the imports
+    assert not modules & set(NOT_ON_THE_SEARCH_PATH), sorted(modules & set(NOT_ON_THE_SEARCH_PATH))
+
+
+def test_other_commands_do_not_load_the_search_machinery():
+    done = xmodal_cli("--version", importtime=True)
+    assert done.returncode == 0 and done.stdout.decode().startswith("xmodal ")
+    modules = imported_modules(done.stderr.decode())
+    assert not modules & {"numpy", "onnxruntime", "PIL", "faiss", "pydantic", "rich", "torch"}
+
+
+def test_damaged_index_is_refused_rebuilt_and_rewritten(library: Path, tmp_path: Path, caplog):
+    with Library(library) as lib:
+        expected = [h.item_id for h in lib.search("a red circle", k=5)]
+        path = lib._indexes.path(lib.catalog.models()[0].key)
+    good = path.read_bytes()
+    damaged = bytearray(good)
+    damaged[8 + 8 * 12 + 100] ^= 0x20  # a byte of the vectors (after the 12 ids)
+    path.write_bytes(bytes(damaged))
+    try:
+        with Library(library) as lib:
+            with caplog.at_level("WARNING"):
+                found = [h.item_id for h in lib.search("a red circle", k=5)]
+            assert found == expected  # served from the catalog, not from the damaged block
+            assert "does not match its checksum" in caplog.text
+            index = lib.status(verify=True)["index"]
+            (info,) = index.values()
+            assert info["verified"] is False and "checksum" in info["problem"]
+        done = xmodal_cli("status", "-l", str(library), "--verify")
+        assert done.returncode == 1 and b"DAMAGED" in done.stdout
+        with Library(library) as lib:
+            lib.index()  # the writer rewrites what it finds damaged, then verifies what it wrote
+            (info,) = lib.status(verify=True)["index"].values()
+            assert info["verified"] is True and info["up_to_date"]
+        done = xmodal_cli("status", "-l", str(library), "--verify", "--json")
+        assert done.returncode == 0
+        assert all(i["verified"] for i in json.loads(done.stdout)["index"].values())
+    finally:
+        path.write_bytes(good)
+
+
+def test_index_file_is_mapped_not_read(library: Path):
+    """Opening a saved exact index costs its header and ids: the vectors stay on disk until scanned."""
+    from xmodal.store.index.exact import ExactIndex
+    from xmodal.store.vector_index import VectorIndex
+
+    with Library(library) as lib:
+        path = lib._indexes.path(lib.catalog.models()[0].key)
+    index = VectorIndex.load(path)
+    assert isinstance(index, ExactIndex) and index._mapped == len(index._blocks) >= 1
+    assert not index._file._verified.any()  # nothing checked (so nothing read) yet
+    index.search(np.ones((1, index.dim), np.float32) / np.sqrt(index.dim), 3)
+    assert index._file._verified.all()
