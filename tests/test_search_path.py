@@ -101,3 +101,51 @@ def test_index_file_is_mapped_not_read(library: Path):
     assert not index._file._verified.any()  # nothing checked (so nothing read) yet
     index.search(np.ones((1, index.dim), np.float32) / np.sqrt(index.dim), 3)
     assert index._file._verified.all()
+
+
+def test_text_queries_are_cached_by_model_language_and_text(library: Path, monkeypatch):
+    from xmodal.models.encoder import Encoder
+    from xmodal.store.query_cache import CACHE_FILE
+
+    (library / CACHE_FILE).unlink(missing_ok=True)
+    encoded: list[list[str]] = []
+    original = Encoder.embed_texts
+
+    def counting(self, texts, language=None, **kwargs):
+        encoded.append(list(texts))
+        return original(self, texts, language, **kwargs)
+
+    monkeypatch.setattr(Encoder, "embed_texts", counting)
+    with Library(library) as lib:
+        first = lib.search("a red circle", k=5)
+    with Library(library) as lib:  # another process's view: the cache is a file in the library folder
+        again = lib.search("a red circle", k=5)
+        assert lib._encoders == {}  # answered from the cache: the model was never loaded
+        combined = lib.search("a red circle + a blue square", k=5)
+    assert encoded == [["a red circle"], ["a blue square"]]
+    assert [(h.item_id, h.score) for h in again] == [(h.item_id, h.score) for h in first]
+    with Library(library) as lib:
+        direct = lib.encoder().embed_texts(["a red circle", "a blue square"])
+        expected = direct.sum(0) / np.linalg.norm(direct.sum(0))
+        rows = lib.vectors()
+        best = rows.ids[np.argmax(rows.vectors @ expected)]
+    assert combined[0].item_id == best
+
+
+def test_query_cache_on_read_only_folder_still_searches(library: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "ro"
+    shutil.copytree(library, copy)
+    (copy / "queries.sqlite").unlink(missing_ok=True)
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        if os.access(copy, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root): read-only media cannot be simulated")
+        with Library(copy) as lib:
+            assert len(lib.search("a red circle", k=3)) == 3
+        assert not (copy / "queries.sqlite").exists()
+    finally:
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)

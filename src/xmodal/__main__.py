@@ -1,5 +1,5 @@
 """`python -m xmodal` runs the CLI."""
 
-from xmodal.cli import main
+from xmodal.cli import run
 
-raise SystemExit(main())
+run()

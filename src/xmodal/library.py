@@ -61,6 +61,7 @@ from xmodal.store.catalog import (
 )
 from xmodal.store.indexes import IndexCache
 from xmodal.store.lock import LOCK_FILE, WriterLock, describe_holder
+from xmodal.store.query_cache import QueryCache
 
 if TYPE_CHECKING:  # the writers' machinery (decoding, Faiss tuning) is imported when a writer runs
     from xmodal.store.ingest import EmbedConfig, IndexReport
@@ -95,6 +96,7 @@ class Library:
         self._readers: list[Catalog] = []
         self._guard = threading.Lock()
         self._encoders: dict[str, Embedder] = {}
+        self._queries = QueryCache(self.folder)
 
     def __enter__(self) -> Library:
         return self
@@ -107,6 +109,7 @@ class Library:
             readers, self._readers = self._readers, []
         for reader in readers:
             reader.close()
+        self._queries.close()
         self._local = threading.local()
 
     def __repr__(self) -> str:
@@ -292,8 +295,14 @@ class Library:
             terms.append(QueryTerm("item", str(item)))
         catalog = self.catalog
         record = self._model_record(catalog, model)
-        encoder = self._encoder_of(record, model)
-        vector = query_vector(terms, encoder, lambda i: self._item_vector(catalog, record.key, i), language)
+        encoder = _OnFirstUse(lambda: self._encoder_of(record, model))  # a cached text query needs no model
+
+        def texts(values: list[str]) -> np.ndarray:
+            return self._queries.vectors(
+                record.key, values, language, lambda missing: encoder.embed_texts(missing, language)
+            )
+
+        vector = query_vector(terms, encoder, lambda i: self._item_vector(catalog, record.key, i), language, texts)
         floor = min_score if min_score is not None else default_min_score(record.family, terms)
         snapshot = self._indexes.snapshot(catalog, record)  # before the read below: never newer than it
         with catalog.read():
@@ -566,6 +575,18 @@ class Library:
             f"model {record.name}: cannot load it again ({'; '.join(problems)}); if its folder moved, pass "
             f"--model NEWPATH (the same files); to use other files, index again with them"
         )
+
+
+class _OnFirstUse:
+    """Stands for an object made by `make()` when one of its attributes is first asked for."""
+
+    def __init__(self, make):
+        self._make, self._made = make, None
+
+    def __getattr__(self, name: str):
+        if self._made is None:
+            self._made = self._make()
+        return getattr(self._made, name)
 
 
 def same_model(key: str, other: str) -> bool:

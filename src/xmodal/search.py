@@ -177,26 +177,31 @@ def _classify(raw: str, weight: float) -> QueryTerm:
 
 
 def query_vector(
-    terms: Sequence[QueryTerm], encoder: Embedder, item_vector: Callable[[int], np.ndarray], language: str | None = None
+    terms: Sequence[QueryTerm],
+    encoder: Embedder,
+    item_vector: Callable[[int], np.ndarray],
+    language: str | None = None,
+    text_vectors: Callable[[list[str]], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The weighted sum of the terms' unit vectors, re-normalized: (D,) float32."""
+    """The weighted sum of the terms' unit vectors, re-normalized: (D,) float32. Texts are embedded
+    by `text_vectors` when given (a cache in front of the encoder), else by the encoder."""
     if not terms:
         raise InvalidArgumentError("query", "", "at least one text, image or item term")
-    total = np.zeros(encoder.dim, dtype=np.float64)
+    total: np.ndarray | float = 0.0  # the encoder is only touched for texts and images it must embed
     texts = [t for t in terms if t.kind == "text"]
     if texts:
-        total += (
-            np.asarray([t.weight for t in texts])[:, None] * encoder.embed_texts([t.value for t in texts], language)
-        ).sum(0)
+        values = [t.value for t in texts]
+        embedded = text_vectors(values) if text_vectors is not None else encoder.embed_texts(values, language)
+        total = total + (np.asarray([t.weight for t in texts])[:, None] * embedded.astype(np.float64)).sum(0)
     images = [t for t in terms if t.kind == "image"]
     if images:
         from xmodal.media.image import decode_image
 
         pixels = np.stack([encoder.preprocess(decode_image(t.value, encoder.decode_options).image) for t in images])
-        total += (np.asarray([t.weight for t in images])[:, None] * encoder.embed_pixels(pixels)).sum(0)
+        total = total + (np.asarray([t.weight for t in images])[:, None] * encoder.embed_pixels(pixels)).sum(0)
     for term in terms:
         if term.kind == "item":
-            total += term.weight * item_vector(int(term.value))
+            total = total + term.weight * item_vector(int(term.value))
     if not np.linalg.norm(total) > 1e-9:
         raise InvalidArgumentError("query", terms, "terms that do not cancel out")
     vector = total[None, :].astype(np.float32)
