@@ -149,3 +149,49 @@ def test_query_cache_on_read_only_folder_still_searches(library: Path, tmp_path:
     finally:
         for path in [copy, *copy.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_search_uses_a_resident_server_of_the_library_when_one_listens(library: Path):
+    import time
+
+    from xmodal.cli.resident import resident_search
+    from xmodal.serve.resident import ADDRESS_FILE, SOCKET_FILE
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from xmodal.serve.resident import serve_library; serve_library(sys.argv[1])",
+            str(library),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (library / ADDRESS_FILE).exists():
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+        for args in (
+            ["a red circle"],
+            ["a blue square", "--format", "json"],
+            ["a red circle", "--format", "tsv", "-k", "4"],
+        ):
+            local = xmodal_cli("search", *args, "-l", str(library), "--local")
+            served = xmodal_cli("search", *args, "-l", str(library), importtime=True)
+            assert served.returncode == local.returncode == 0, served.stderr.decode()[-2000:]
+            assert served.stdout == local.stdout  # same results, byte for byte
+            assert "onnxruntime" not in imported_modules(served.stderr.decode())  # the server did the work
+        refused = xmodal_cli("search", "a red circle", "-l", str(library), "-k", "0")
+        assert refused.returncode == 1 and b"invalid -k 0" in refused.stderr
+        with pytest.raises(xmodal.XmodalError, match="search parameters must be among"):
+            resident_search(library, {"text": "x", "image": "/etc/passwd"})
+    finally:
+        server.terminate()
+        server.wait(30)
+    deadline = time.monotonic() + 10
+    while (library / ADDRESS_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (library / ADDRESS_FILE).exists() and not (library / SOCKET_FILE).exists()
+    assert resident_search(library, {"text": "a red circle"}) is None  # nobody listens: searched here

@@ -324,6 +324,17 @@ class Library:
             best = np.sort(first)  # each item once, at its best-scoring entry
             return self._results(catalog, record, vector, scores[best], entries[best], k, floor, decay_days, moments)
 
+    def warm_up(self, model: ModelChoice = None) -> None:
+        """Load what a search needs now rather than on the first one (a resident server's start):
+        the model's text tower and its index snapshot, every block of it checked and read."""
+        record = self._model_record(self.catalog, model)
+        self._encoder_of(record, model).embed_texts(["warm up"])
+        snapshot = self._indexes.snapshot(self.catalog, record)
+        try:
+            snapshot.search(np.ones(record.dim, np.float32) / np.sqrt(record.dim), 1)
+        except IndexFileError as exc:
+            self._indexes.damaged(self.catalog, record, exc)
+
     def _results(
         self,
         catalog: Catalog,

@@ -132,6 +132,26 @@ class SearchResults(Sequence[Hit]):
     def __iter__(self) -> Iterator[Hit]:
         return iter(self.hits)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SearchResults:
+        """Results back from their `to_dict()` form (what a resident server answers); their
+        `to_dict()` is the same again."""
+        hits = [
+            Hit(
+                h["rank"],
+                h["item_id"],
+                os.fsdecode(base64.b64decode(h["path_bytes"])),
+                h["type"],
+                h["score"],
+                h["similarity"],
+                datetime.fromisoformat(h["taken_at"]) if h["taken_at"] else None,
+                tuple(Moment(m["start"], m["end"], m["score"]) for m in h["moments"]),
+                h["offline"],
+            )
+            for h in data["hits"]
+        ]
+        return cls(hits, data["min_score"], data["best_score"], data["model"])
+
     def to_dict(self) -> dict:
         """The one JSON form of results, used by `xmodal search --json` and the HTTP API."""
         return {

@@ -21,6 +21,12 @@ def _open(library: Path | None):
     return Library(library)
 
 
+def _folder(library: Path | None) -> Path:
+    from xmodal import settings
+
+    return library.expanduser() if library is not None else settings.current().library_dir
+
+
 def _existing(library: Path | None):
     """A library that must exist already (searching or reading never creates one)."""
     from xmodal.errors import LibraryNotFoundError
@@ -155,9 +161,14 @@ def search(
     as_json: bool = flag("Same as --format json.", "--json"),
     only_paths: bool = flag("Same as --format paths: one path per line.", "--paths", "-f"),
     null: bool = flag("With paths: end each with a NUL byte (for xargs -0).", "--null", "-0"),
+    local: bool = flag("Search in this process even when `xmodal serve` holds the library open.", "--local"),
 ) -> None:
-    """Search the library by text, example image, indexed item, or a combination."""
+    """Search the library by text, example image, indexed item, or a combination.
+
+    When `xmodal serve` holds this library open, it answers (same results, in milliseconds);
+    otherwise, or with --local, this process opens the model and the index itself."""
     from xmodal.cli import output as out
+    from xmodal.search import SearchResults
 
     if not query and image is None and item is None:
         raise typer.BadParameter("give a query text, --image FILE or --item ID")
@@ -165,21 +176,29 @@ def search(
     if chosen is not None and chosen not in out.FORMATS:
         raise typer.BadParameter(f"{chosen!r} is not one of {', '.join(out.FORMATS)}", param_hint="--format")
     chosen = chosen or ("table" if sys.stdout.isatty() else "paths")
-    with _existing(library) as lib:
-        results = lib.search(
-            query,
-            image=image,
-            k=k,
-            type=type or None,
-            after=after,
-            before=before,
-            item=item,
-            path_glob=path_glob,
-            min_score=min_score,
-            decay_days=decay_days,
-            model=model,
-            moments=moments,
-        )
+    params = dict(
+        k=k,
+        type=type or None,
+        after=after,
+        before=before,
+        item=item,
+        path_glob=path_glob,
+        min_score=min_score,
+        decay_days=decay_days,
+        model=model,
+        moments=moments,
+    )
+    answered = None
+    if not local and image is None:
+        from xmodal.cli.resident import names_local_files, resident_search
+
+        if not names_local_files(query):
+            answered = resident_search(_folder(library), {"text": query, **params})
+    if answered is not None:
+        results = SearchResults.from_dict(answered)
+    else:
+        with _existing(library) as lib:
+            results = lib.search(query, image=image, **params)
     if chosen == "json":
         say(out.as_json(results))
         return
