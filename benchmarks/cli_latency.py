@@ -170,6 +170,12 @@ def ensure_library(work: Path, model: Path, n: int, folder: Path | None = None) 
             catalog.embeddings.put_many(record.key, ((f"{i:032x}", vectors[i]) for i in range(start, stop)))
     catalog.update_model(record.key, last_indexed_at=time.time())
     IndexCache(folder).save(catalog, catalog.model(record.key))
+    try:  # what an index run does with XMODAL_QUERY_INT8=1 (an older tree has no such step)
+        from xmodal.models import query_tower
+    except ImportError:
+        pass
+    else:
+        print(f"int8 query tower: {query_tower.prepare(encoder)}")
     catalog.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     catalog.close()
     return folder
@@ -234,27 +240,35 @@ def query_text(round_: int, n: int, variant: str) -> str:
 
 SPLIT_PROBE = r"""
 import os, sys, time
-t0 = time.perf_counter()
+marks = [(time.perf_counter(), time.process_time())]
+def mark():
+    marks.append((time.perf_counter(), time.process_time()))
 import xmodal.cli, xmodal.cli.library, xmodal.cli.output, xmodal.library
-t1 = time.perf_counter()
+mark()
 folder, query = sys.argv[1], sys.argv[2]
 lib = xmodal.library.Library(folder)
 record = lib._model_record(lib.catalog, None)
 encoder = lib.encoder()
-encoder._session("textual"); encoder.tokenizer
-t2 = time.perf_counter()
-vector = encoder.embed_texts([query])[0]
-t3 = time.perf_counter()
+embed = getattr(encoder, "embed_queries", encoder.embed_texts)  # what a search encodes with
+embed([query + " first"])
+mark()
+vector = embed([query])[0]
+mark()
 snapshot = lib._indexes.snapshot(lib.catalog, record)
-t4 = time.perf_counter()
+mark()
 scores, entries = snapshot.search(vector, 10)
 lib.catalog.items_by_id((entries >> 20).tolist())
-t5 = time.perf_counter()
+mark()
 results = lib.search(query, k=10, min_score=-1.0)
-t6 = time.perf_counter()
+marks.append(marks[-1])
 sys.stdout.buffer.write(xmodal.cli.output.paths(results, raw=True)); sys.stdout.flush()
-t7 = time.perf_counter()
-print("SPLIT", t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t7 - t6, t7 - t0, file=sys.stderr)
+mark()
+out = []
+for n, (a, b) in enumerate(zip(marks, marks[1:])):
+    if n != 5:  # the full search in between (its parts are timed above)
+        out += [b[0] - a[0], b[1] - a[1]]
+out[2] -= out[4]; out[3] -= out[5]  # model open = first query minus a second one
+print("SPLIT", *out, marks[-1][0] - marks[0][0], marks[-1][1], file=sys.stderr)
 if hasattr(xmodal.cli, "run"):
     os._exit(0)  # as the command line leaves now
 """
@@ -262,17 +276,21 @@ SPLIT_NAMES = ("imports", "model open", "text encode", "index open", "search", "
 
 
 def split(src: Path, folder: Path, query: str, env_extra: dict[str, str]) -> dict[str, float]:
-    start = time.perf_counter()
+    """Wall and CPU seconds of each part of a search in a new process (`SPLIT_NAMES`), then
+    interpreter start + exit (the process's wall and CPU beyond the parts) and the totals."""
+    start, before = time.perf_counter(), os.times()
     done = subprocess.run([sys.executable, "-c", SPLIT_PROBE, str(folder), query], env=_env(src, **env_extra),
                           capture_output=True, timeout=600)  # fmt: skip
     wall = time.perf_counter() - start
     line = [ln for ln in done.stderr.decode().splitlines() if ln.startswith("SPLIT")]
     if not line:
         raise RuntimeError(done.stderr.decode()[-2000:])
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     values = [float(x) for x in line[-1].split()[1:]]
-    parts = dict(zip(SPLIT_NAMES, values[:6], strict=True))
-    parts["start + exit"] = wall - values[6]
-    parts["total"] = wall
+    parts = {name: values[2 * n] for n, name in enumerate(SPLIT_NAMES)}
+    parts |= {f"{name} CPU": values[2 * n + 1] for n, name in enumerate(SPLIT_NAMES)}
+    parts |= {"start + exit": wall - values[12], "start + exit CPU": cpu - values[13], "total": wall, "total CPU": cpu}
     return parts
 
 
@@ -289,12 +307,18 @@ def cold_search(args, work: Path, model: Path, rclip: tuple[Path, Path] | None) 
         lib = ensure_library(work, model, n)
         variants[f"xmodal {n}"] = ("xmodal", n, lib, src)
         variants[f"xmodal {n} cached query"] = ("cached", n, lib, src)
+        variants[f"xmodal {n} int8 query"] = ("int8", n, lib, src)
         if args.baseline_src:
             twin = ensure_baseline_library(work, model, n, args.baseline_src)
             variants[f"baseline {n}"] = ("xmodal", n, twin, args.baseline_src)
         if rclip and n <= args.rclip_max:
             data = rclip_datadir(work, rclip[1], f"rclip-{n}")
             variants[f"rclip {n}"] = ("rclip", n, ensure_rclip_db(rclip[0], data, n), data)
+    if args.only:
+        kinds = set(args.only.split(","))
+        variants = {
+            k: v for k, v in variants.items() if v[0] in kinds or (k.startswith("baseline") and "baseline" in kinds)
+        }
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpus: dict[str, list[float]] = {name: [] for name in variants}
     splits: dict[str, list[dict]] = {}
@@ -313,14 +337,17 @@ def cold_search(args, work: Path, model: Path, rclip: tuple[Path, Path] | None) 
                 )
                 if kind == "cached":
                     command[4] = "a photo of a dog on a beach"  # the same text every round: cached after round 0
+                if kind == "int8":
+                    env["XMODAL_QUERY_INT8"] = "1"
             wall, cpu, out = timed(command, env, cwd)
             if len(out.splitlines()) != 10:
                 raise RuntimeError(f"{name}: {len(out.splitlines())} results")
             if round_:
                 times[name].append(wall)
                 cpus[name].append(cpu)
-            if round_ and kind == "xmodal" and round_ <= args.split_rounds:
-                splits.setdefault(name, []).append(split(tree, where, query_text(round_, n, name + "s"), cache))
+            if round_ and kind in ("xmodal", "int8") and round_ <= args.split_rounds:
+                extra = {**cache, "XMODAL_QUERY_INT8": "1" if kind == "int8" else "0"}
+                splits.setdefault(name, []).append(split(tree, where, query_text(round_, n, name + "s"), extra))
         print(f"round {round_} done, load average {load:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
     summary = {
         name: {"median_s": median(t), "best_s": min(t), "cpu_s": median(cpus[name])} for name, t in times.items()
@@ -418,6 +445,7 @@ def main() -> None:
     parser.add_argument("--index-photos", type=int, default=0, help="12 MP photos for the indexing comparison")
     parser.add_argument("--index-rounds", type=int, default=2)
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated variant kinds: xmodal,cached,int8,baseline,rclip")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--build-library", type=int, help=argparse.SUPPRESS)  # (in the tree on PYTHONPATH)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -66,7 +66,7 @@ def test_parse_query_terms(tmp_path: Path):
 def test_text_query_matches_brute_force(indexed):
     lib, encoder, _ = indexed
     hits = lib.search(text="a red circle", k=10, min_score=-1)
-    query = encoder.embed_texts(["a red circle"])[0]
+    query = encoder.embed_queries(["a red circle"])[0]  # how the library embeds queries
     assert [h.item_id for h in hits] == brute_force(lib, query, 10)
     assert [h.rank for h in hits] == list(range(1, 11))
     assert all(h.type == "image" and os.path.exists(h.path) for h in hits)
@@ -76,7 +76,7 @@ def test_combined_query_is_weighted_average_of_unit_vectors(indexed):
     lib, encoder, tree = indexed
     ref = sorted(tree.rglob("*.png"))[3]
     hits = lib.search(text=f"2:beach + {ref} - people", k=8, min_score=-1)
-    text = encoder.embed_texts(["beach", "people"])
+    text = encoder.embed_queries(["beach", "people"])
     image = encoder.embed_images([ref])[0]
     query = l2_normalize((2 * text[0] + image - text[1])[None])[0]
     assert [h.item_id for h in hits] == brute_force(lib, query, 8)

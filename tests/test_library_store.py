@@ -34,7 +34,7 @@ def shipped():
 
 def true_scores(lib: Library, encoder, text: str, hits) -> list[float]:
     """Each hit's cosine to the query computed from the catalog's stored vector (the truth)."""
-    query = encoder.embed_texts([text])[0]
+    query = encoder.embed_queries([text])[0]
     ids, vectors = lib.catalog.vectors(encoder.model_key, np.asarray([h.item_id for h in hits]))
     by_id = dict(zip(ids.tolist(), vectors @ query, strict=True))
     return [float(by_id[h.item_id]) for h in hits]

@@ -109,13 +109,13 @@ def test_text_queries_are_cached_by_model_language_and_text(library: Path, monke
 
     (library / CACHE_FILE).unlink(missing_ok=True)
     encoded: list[list[str]] = []
-    original = Encoder.embed_texts
+    original = Encoder.embed_queries
 
-    def counting(self, texts, language=None, **kwargs):
+    def counting(self, texts, language=None):
         encoded.append(list(texts))
-        return original(self, texts, language, **kwargs)
+        return original(self, texts, language)
 
-    monkeypatch.setattr(Encoder, "embed_texts", counting)
+    monkeypatch.setattr(Encoder, "embed_queries", counting)
     with Library(library) as lib:
         first = lib.search("a red circle", k=5)
     with Library(library) as lib:  # another process's view: the cache is a file in the library folder
@@ -125,7 +125,7 @@ def test_text_queries_are_cached_by_model_language_and_text(library: Path, monke
     assert encoded == [["a red circle"], ["a blue square"]]
     assert [(h.item_id, h.score) for h in again] == [(h.item_id, h.score) for h in first]
     with Library(library) as lib:
-        direct = lib.encoder().embed_texts(["a red circle", "a blue square"])
+        direct = lib.encoder().embed_queries(["a red circle", "a blue square"])
         expected = direct.sum(0) / np.linalg.norm(direct.sum(0))
         rows = lib.vectors()
         best = rows.ids[np.argmax(rows.vectors @ expected)]
@@ -195,3 +195,30 @@ def test_search_uses_a_resident_server_of_the_library_when_one_listens(library: 
         time.sleep(0.05)
     assert not (library / ADDRESS_FILE).exists() and not (library / SOCKET_FILE).exists()
     assert resident_search(library, {"text": "a red circle"}) is None  # nobody listens: searched here
+
+
+def test_int8_query_tower_only_where_it_agrees_with_fp32(clip_model_dir: Path, monkeypatch):
+    from xmodal import settings
+    from xmodal.models import query_tower
+
+    monkeypatch.setenv("XMODAL_QUERY_INT8", "1")
+    settings.configure()
+
+    encoder = xmodal.load_model(clip_model_dir)
+    assert query_tower.ready_path(encoder.config.textual_path) is None  # not prepared: fp32 answers
+    texts = ["a red circle", "two dogs on a beach at sunset"]
+    np.testing.assert_array_equal(encoder.embed_queries(texts), encoder.embed_texts(texts))
+    verdict = encoder.prepare_queries()
+    assert verdict["probe_texts"] == len(query_tower.PROBE_TEXTS) and verdict["ok"] == (verdict["min_cosine"] >= 0.999)
+    assert encoder.prepare_queries() == verdict  # measured once per model and CPU kind
+    fresh = xmodal.load_model(clip_model_dir)
+    queries, plain = fresh.embed_queries(texts), fresh.embed_texts(texts)
+    if verdict["ok"]:
+        assert fresh._sessions["query"] is not None and np.sum(queries * plain, axis=1).min() >= 0.999
+    else:
+        assert fresh._sessions["query"] is None
+        np.testing.assert_array_equal(queries, plain)
+    assert xmodal.load_model(clip_model_dir, precision="int8").prepare_queries() is None  # int8 models: as they are
+    monkeypatch.setenv("XMODAL_QUERY_INT8", "0")
+    settings.configure()
+    np.testing.assert_array_equal(xmodal.load_model(clip_model_dir).embed_queries(texts), plain)  # off by default

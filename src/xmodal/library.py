@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xmodal import settings
-from xmodal.errors import IndexFileError, InvalidArgumentError, LibraryError, LibraryNotFoundError, ModelNotFoundError
+from xmodal.errors import (
+    IndexFileError,
+    InvalidArgumentError,
+    LibraryError,
+    LibraryNotFoundError,
+    ModelNotFoundError,
+    XmodalError,
+)
 from xmodal.media.walk import WalkOptions
 from xmodal.models import load_model
 from xmodal.models.embedder import Embedder
@@ -201,6 +208,7 @@ class Library:
             report = ingest(catalog, encoder, paths, walk=walk, config=config, progress=progress)
             catalog.update_model(record.key, last_indexed_at=time.time())
             record = catalog.model(record.key)
+            _prepare_queries(encoder)
             if index_spec is not None and index_spec != record.index_spec:
                 self._rebuild(catalog, record, index_spec)
             else:
@@ -298,9 +306,11 @@ class Library:
         encoder = _OnFirstUse(lambda: self._encoder_of(record, model))  # a cached text query needs no model
 
         def texts(values: list[str]) -> np.ndarray:
-            return self._queries.vectors(
-                record.key, values, language, lambda missing: encoder.embed_texts(missing, language)
-            )
+            def encode(missing: list[str]) -> np.ndarray:
+                embed = getattr(encoder, "embed_queries", None) or encoder.embed_texts  # any Embedder
+                return embed(missing, language)
+
+            return self._queries.vectors(record.key, values, language, encode)
 
         vector = query_vector(terms, encoder, lambda i: self._item_vector(catalog, record.key, i), language, texts)
         floor = min_score if min_score is not None else default_min_score(record.family, terms)
@@ -586,6 +596,18 @@ class Library:
             f"model {record.name}: cannot load it again ({'; '.join(problems)}); if its folder moved, pass "
             f"--model NEWPATH (the same files); to use other files, index again with them"
         )
+
+
+def _prepare_queries(encoder: Embedder) -> None:
+    """Give the model its int8 query tower when it agrees with fp32 (made once, by a writer: a
+    search never waits for it)."""
+    prepare = getattr(encoder, "prepare_queries", None)
+    if prepare is None:
+        return
+    try:
+        prepare()
+    except (XmodalError, OSError, RuntimeError) as exc:  # an optimization: searching works without it
+        log.warning("%s: no int8 query tower (%s); queries use the fp32 text tower", encoder.name, exc)
 
 
 class _OnFirstUse:

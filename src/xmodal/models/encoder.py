@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.errors import InvalidArgumentError, MediaError, ModelFormatError
 from xmodal.media.options import DecodeOptions
 from xmodal.models.config import ModelConfig
@@ -202,11 +203,11 @@ class Encoder:
         """Token ids and attention mask for the textual tower."""
         return self.tokenizer.encode(list(texts), language)
 
-    def embed_tokens(self, tokens: TokenBatch) -> np.ndarray:
-        """Tokenized batch -> (N, D) unit rows."""
+    def embed_tokens(self, tokens: TokenBatch, session: EncoderSession | None = None) -> np.ndarray:
+        """Tokenized batch -> (N, D) unit rows (by the text tower, or the `session` given)."""
         if len(tokens) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        session = self._session("textual")
+        session = session or self._session("textual")
         feeds: dict[str, np.ndarray] = {}
         for name in session.input_names:
             if name in ("text", "input_ids"):
@@ -219,6 +220,35 @@ class Encoder:
                     f"unexpected input {name!r}; expected 'text' or 'input_ids' + 'attention_mask'",
                 )
         return l2_normalize(session.run(feeds))
+
+    def embed_queries(self, texts: Sequence[str], language: str | None = None) -> np.ndarray:
+        """Search queries -> (N, D) unit rows: by the int8 query tower where one was prepared and
+        agrees with this fp32 model (cosine >= 0.999, models/query_tower.py), else `embed_texts`."""
+        with self._lock:
+            if "query" not in self._sessions:
+                from xmodal.models import query_tower
+
+                ready = None
+                if (
+                    settings.current().query_int8
+                    and self.precision == "fp32"
+                    and self.runtime in ("auto", "onnxruntime")
+                ):
+                    ready = query_tower.ready_path(self.config.textual_path)
+                self._sessions["query"] = query_tower.open_session(ready, self.threads) if ready else None
+            session = self._sessions["query"]
+        if session is None:
+            return self.embed_texts(texts, language)
+        return self.embed_tokens(self.tokenize(list(texts), language), session=session)
+
+    def prepare_queries(self) -> dict | None:
+        """Make and check the int8 query tower of an fp32 model (once per model and CPU kind; the
+        verdict) when XMODAL_QUERY_INT8 asks for one; None for other precisions and runtimes."""
+        if not settings.current().query_int8 or self.precision != "fp32" or self.runtime not in ("auto", "onnxruntime"):
+            return None
+        from xmodal.models import query_tower
+
+        return query_tower.prepare(self)
 
     def embed_texts(
         self,
