@@ -25,7 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 from xmodal import __version__
 from xmodal import settings as settings_module
 from xmodal.errors import InvalidArgumentError, MediaError, ModelNotFoundError, XmodalError
-from xmodal.serve import immich
+from xmodal.serve import immich, resident
 from xmodal.serve.limits import BodyLimitMiddleware
 from xmodal.serve.metrics import MetricsMiddleware
 from xmodal.serve.schemas import Health, ModelInfo, ModelsResponse, ServerInfo, SessionRequest
@@ -64,6 +64,8 @@ def create_app(settings: Settings | None = None, library: Any | None = None) -> 
     app.state.xmodal = state
     app.include_router(immich.public)
     app.include_router(immich.router)
+    if library is not None:  # `xmodal search` of this library asks this server (its local socket)
+        app.include_router(resident.router)
     _add_service_routes(app)
     _add_page(app)
     _add_error_handlers(app)

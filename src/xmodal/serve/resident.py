@@ -113,8 +113,7 @@ def serve_library(folder: str | os.PathLike, **settings: Any) -> None:
 
     signal.signal(signal.SIGTERM, stop)  # terminated like interrupted: the socket and its record go
     with Library(folder) as library:
-        app = create_app(Settings.from_env(**settings), library)
-        app.include_router(router)
+        app = create_app(Settings.from_env(**settings), library)  # with `router`: a library is served
         state = app.state.xmodal
         state.start()
         try:

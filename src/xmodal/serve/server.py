@@ -34,6 +34,12 @@ def run_server(settings: Settings, library: Any | None = None) -> None:
     for source in settings.preload:
         app.state.xmodal.models.add_alias(source)
     server = make_server(app, settings)
-    server.run()
+    if library is None:
+        server.run()
+    else:
+        from xmodal.serve.resident import listening
+
+        with listening(app, library.folder):  # `xmodal search` of this library asks this server
+            server.run()
     if not server.started:
         raise XmodalError(f"the server did not start on {settings.host}:{settings.port} (see the log above)")
