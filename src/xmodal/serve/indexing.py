@@ -11,10 +11,12 @@ Ctrl-C does for `xmodal index`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 
 from xmodal.errors import LibraryBusyError, XmodalError
 from xmodal.library import Library
@@ -95,8 +97,13 @@ class IndexRuns:
         return holder
 
     def writer_now(self, max_age: float = 1.0) -> str | None:
-        """`writer()` as seen at most `max_age` seconds ago: however many clients follow the run,
-        the lock is probed about once a second (a probe holds it shared for an instant)."""
+        """Who holds the writer lock: this server while its run goes, else `writer()` as seen at most
+        `max_age` seconds ago (however many clients follow, the lock is probed about once a second:
+        a probe holds it shared for an instant)."""
+        run = self._state
+        if run.state == "running":
+            since = datetime.fromtimestamp(run.started_at or time.time()).isoformat(sep=" ", timespec="seconds")
+            return f"PID {os.getpid()} (this server) since {since}"
         seen, holder = self._writer
         if time.monotonic() - seen > max_age:
             return self.writer()
@@ -107,7 +114,7 @@ class IndexRuns:
         with self._guard:
             if self._thread is not None and self._thread.is_alive():
                 raise IndexRunBusyError("an index run of this server is going already")
-            holder = self.library.writer()
+            holder = self.writer()
             if holder is not None:
                 raise IndexRunBusyError(f"the library is being indexed by {holder}", holder)
             if not self.library.catalog.roots():

@@ -197,9 +197,9 @@ def _thumbnail(state: ServeState, item_id: int, size: int, if_none_match: str | 
     return Response(made.data, media_type=made.media_type, headers=headers)
 
 
-@router.api_route(
+@router.head("/items/{item_id}/file", include_in_schema=False)
+@router.get(
     "/items/{item_id}/file",
-    methods=["GET", "HEAD"],
     summary="The original file (photos and videos inline), with HTTP range requests",
     response_class=FileResponse,
     responses={
@@ -248,7 +248,7 @@ def _runs(state: ServeState) -> IndexRuns:
 @router.get("/index", response_model=IndexRunOut, summary="The index run's state and progress", responses=_ERRORS)
 async def index_run(state: Served) -> dict:
     runs = _runs(state)
-    return {**runs.state.to_dict(), "writer": await state.run(runs.writer)}
+    return {**runs.state.to_dict(), "writer": await state.run(runs.writer_now, 0.0)}
 
 
 @router.post(
@@ -264,7 +264,7 @@ async def start_index_run(state: Served) -> dict:
         run = await state.run(runs.start)
     except IndexRunBusyError as exc:
         raise HTTPException(409, str(exc)) from None
-    return {**run.to_dict(), "writer": await state.run(runs.writer)}
+    return {**run.to_dict(), "writer": runs.writer_now()}
 
 
 @router.post(
@@ -280,7 +280,7 @@ async def cancel_index_run(state: Served) -> dict:
         run = runs.cancel()
     except IndexRunBusyError as exc:
         raise HTTPException(409, str(exc)) from None
-    return {**run.to_dict(), "writer": await state.run(runs.writer)}
+    return {**run.to_dict(), "writer": runs.writer_now()}
 
 
 @router.get(
@@ -307,9 +307,9 @@ async def _index_events(state: ServeState) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     while not state.closing.is_set():
         run = runs.state
-        # While this server's run goes, the holder is known; once it ends, look again at once.
-        changed = sent is None or run.version != sent[0]
-        writer = runs.writer() if changed and run.state != "running" else runs.writer_now()
+        # Once this server's run ends, look at the lock again at once.
+        ended = sent is not None and run.version != sent[0] and run.state != "running"
+        writer = runs.writer() if ended else runs.writer_now()
         if (run.version, writer) != sent:
             sent, last = (run.version, writer), time.monotonic()
             yield f"event: index\nid: {run.version}\ndata: {json.dumps({**run.to_dict(), 'writer': writer})}\n\n"
