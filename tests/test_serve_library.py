@@ -34,7 +34,7 @@ def served(tmp_path_factory):
     shapes.library.index()  # records the video (pending until videos are embedded)
     (folder / "secret.txt").write_bytes(SECRET)
     (shapes.photos.parent / "secret.txt").write_bytes(SECRET)
-    settings = Settings(max_upload_bytes=1 << 20, max_query_chars=200)
+    settings = Settings(max_upload_bytes=256 << 10, max_query_chars=200)
     with running_server(settings, shapes.library) as server:
         yield server, shapes, video
     shapes.library.close()
@@ -177,7 +177,7 @@ def test_bad_uploads(served):
     assert cut.status_code == 400 and "malformed multipart" in cut.json()["detail"]
     as_json = post("/api/search", json={"q": "a red circle"})
     assert as_json.status_code == 415
-    huge = send(("image", b"\xff" * (2 << 20), {"filename": "big.jpg"}))
+    huge = send(("image", b"\xff" * (300 << 10), {"filename": "big.jpg"}))
     assert huge.status_code == 413 and "XMODAL_MAX_UPLOAD_BYTES" in huge.json()["detail"]
     assert server.client.get("/api/search", params={"q": "a red circle"}).status_code == 200
 
