@@ -4,15 +4,19 @@ with its holder."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 
+from pathlib import Path
+
 import httpx
 import pytest
 
-from library_helpers import make_photo_tree
+from library_helpers import check_consistent, make_photo_tree
 from serve_helpers import SHIPPED, running_server, sse_events
 from test_serve_api import SRC, metric
 from xmodal.library import Library
@@ -31,6 +35,11 @@ def growing(tmp_path):
     make_photo_tree(photos / "new", NEW, start_seed=1000)
     yield lib
     lib.close()
+
+
+def growing_files(lib: Library) -> list:
+    (root,) = lib.catalog.roots()
+    return [p.resolve() for p in Path(root.path).rglob("*") if p.is_file()]
 
 
 def follow(events, until=lambda run: run["state"] not in ("idle", "running")):
@@ -111,6 +120,23 @@ def test_cancel_keeps_the_work_done_and_the_next_run_finishes(growing):
             finished = follow(events, until=lambda run: run["run"] == 2 and run["state"] != "running")[-1][1]
     assert finished["state"] == "done" and finished["report"]["added"] == NEW - kept, finished
     assert finished["report"]["unchanged"] == 8 + kept
+
+
+def test_a_killed_run_is_reported_and_the_next_one_finishes_its_work(growing):
+    with running_server(Settings(), growing) as server:
+        with server.client.stream("GET", "/api/index/events") as stream:
+            events = sse_events(stream)
+            pid = server.client.post("/api/index").json()["pid"]
+            follow(events, until=lambda run: run["phase"] == "indexing" and run["done"] > 0)
+            os.kill(pid, signal.SIGKILL)
+            killed = follow(events)[-1][1]
+            assert killed["state"] == "failed" and "ended unexpectedly (exit code -9)" in killed["error"], killed
+            assert server.client.get("/api/search", params={"q": "a red circle"}).status_code == 200
+            assert server.client.post("/api/index").status_code == 202
+            finished = follow(events, until=lambda run: run["run"] == 2 and run["state"] != "running")[-1][1]
+    assert finished["state"] == "done", finished
+    assert len(growing.search("a red circle", k=1000, min_score=-1)) == 8 + NEW
+    check_consistent(growing, {str(p) for p in growing_files(growing)})
 
 
 def test_a_run_of_another_process_is_reported_with_its_holder(growing):

@@ -168,6 +168,7 @@ class IndexRunOut(BaseModel):
     model_config = ConfigDict(extra="allow")
     state: Literal["idle", "running", "done", "failed", "cancelled"]
     run: int = Field(description="Runs started by this server so far")
+    pid: int | None = Field(description="The process the run goes on in")
     phase: str | None = Field(description="scanning (walking the folders), then indexing")
     done: int
     total: int | None

@@ -49,7 +49,7 @@ class ServeState:
         self.models = ModelCache(self.settings.model_ttl, on_change=self.metrics.model_changed)
         if self.library is not None:
             self.thumbnails = ThumbnailCache(self.library.folder / THUMBNAILS_FOLDER)
-            self.index_runs = IndexRuns(self.library, on_change=self._index_changed)
+            self.index_runs = IndexRuns(self.library, self.settings, on_change=self._index_changed)
             self.metrics.watch_library(lambda: self.library.catalog.counts())
             self._index_changed(self.index_runs.state)
 
