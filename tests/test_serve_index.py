@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-
 from pathlib import Path
 
 import httpx
