@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +63,24 @@ class IndexRunState:
         return asdict(self)
 
 
+_HOLDER = re.compile(r"^PID (\d+) \((.*)\) since (.+)$")
+
+
+def public_holder(holder: str | None) -> str | None:
+    """A lock holder as clients see it: its PID, program and start time, without the file paths of
+    its command line ('PID 12 (xmodal index) since ...' for `xmodal index ~/Pictures -l /data/lib`)."""
+    match = _HOLDER.match(holder or "")
+    if match is None:
+        return holder
+    pid, command, since = match.groups()
+    words = []
+    for word in command.split():
+        if not re.fullmatch(r"[A-Za-z][\w.-]*", word):
+            break
+        words.append(word)
+    return f"PID {pid}" + (f" ({' '.join(words)})" if words else "") + f" since {since}"
+
+
 class IndexRunBusyError(XmodalError):
     """An index run is going already (this server's, or another process's)."""
 
@@ -89,7 +108,7 @@ class IndexRuns:
 
     def writer(self) -> str | None:
         """Who holds the library's writer lock right now (this server's run included), or None."""
-        holder = self.library.writer()
+        holder = public_holder(self.library.writer())
         self._writer = (time.monotonic(), holder)
         return holder
 

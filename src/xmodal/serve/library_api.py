@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from xmodal.library import Library
 from xmodal.search import SearchResults
-from xmodal.serve.indexing import IndexRunBusyError, IndexRuns
+from xmodal.serve.indexing import IndexRunBusyError, IndexRuns, public_holder
 from xmodal.serve.items import catalogued, item_details, library_roots, locate, unchanged_since_indexed, visible_results
 from xmodal.serve.multipart import read_form
 from xmodal.serve.schemas import ErrorResponse, IndexRunOut, ItemDetails, SearchQuery, SearchResponse
@@ -84,6 +84,7 @@ def _public_status(library: Library) -> dict:
     files, model folders): clients see the library's folders and nothing else of the disk."""
     info = library.status()
     info.pop("library", None)
+    info["writer"] = public_holder(info["writer"])
     info["catalog"] = {k: v for k, v in info["catalog"].items() if k != "path"}
     info["models"] = [{k: v for k, v in m.items() if k != "source"} for m in info["models"]]
     info["index"] = {key: {k: v for k, v in i.items() if k != "path"} for key, i in info["index"].items()}
