@@ -358,16 +358,22 @@ def test_listings_never_show_paths_outside_the_library_folders(served):
     assert str(shapes.library.folder) not in text  # nor where the library itself lives
 
 
+def flat_photos_library(folder: Path, **photos: tuple[tuple[int, int], str]) -> tuple[Path, Library]:
+    """A library of flat-colour photos named name.png with (size, colour), indexed with the shipped model."""
+    (folder / "photos").mkdir()
+    for name, (size, colour) in photos.items():
+        Image.new("RGB", size, colour).save(folder / "photos" / f"{name}.png")
+    library = Library(folder / "lib")
+    library.index([folder / "photos"], model="xmodal-tiny-shapes")
+    return (folder / "photos").resolve(), library
+
+
 def test_a_file_swapped_for_a_link_outside_is_refused(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, colour in enumerate(["red", "blue"]):
-        Image.new("RGB", (40, 40), colour).save(photos / f"p{i}.png")
+    photos, library = flat_photos_library(tmp_path, p0=((40, 40), "red"), p1=((40, 40), "blue"))
     secret = tmp_path / "secret.png"
     secret.write_bytes(SECRET)
-    with Library(tmp_path / "lib") as lib:
-        lib.index([photos], model="xmodal-tiny-shapes")
-        item = lib.catalog.item_by_path(str((photos / "p0.png").resolve())).id
+    with library as lib:
+        item = lib.catalog.item_by_path(str(photos / "p0.png")).id
         (photos / "p0.png").unlink()
         (photos / "p0.png").symlink_to(secret)
         with running_server(Settings(), lib) as server:
@@ -381,12 +387,9 @@ def test_a_file_swapped_for_a_link_outside_is_refused(tmp_path):
 
 
 def test_a_changed_file_gets_a_fresh_thumbnail_not_kept(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    Image.new("RGB", (60, 30), "red").save(photos / "p.png")
-    with Library(tmp_path / "lib") as lib:
-        lib.index([photos], model="xmodal-tiny-shapes")
-        item = lib.catalog.item_by_path(str((photos / "p.png").resolve())).id
+    photos, library = flat_photos_library(tmp_path, p=((60, 30), "red"))
+    with library as lib:
+        item = lib.catalog.item_by_path(str(photos / "p.png")).id
         with running_server(Settings(), lib) as server:
             before = server.client.get(f"/api/items/{item}/thumbnail")
             Image.new("RGB", (30, 60), "blue").save(photos / "p.png")  # edited since it was indexed
@@ -397,11 +400,8 @@ def test_a_changed_file_gets_a_fresh_thumbnail_not_kept(tmp_path):
 
 
 def test_thumbnails_that_cannot_be_kept_are_made_per_request(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    Image.new("RGB", (50, 50), "green").save(photos / "p.png")
-    with Library(tmp_path / "lib") as lib:
-        lib.index([photos], model="xmodal-tiny-shapes")
+    _, library = flat_photos_library(tmp_path, p=((50, 50), "green"))
+    with library as lib:
         (tmp_path / "lib" / "thumbnails").write_bytes(b"")  # the cache folder cannot be made (read-only alike)
         with running_server(Settings(), lib) as server:
             for _ in range(2):

@@ -12,7 +12,7 @@ import json
 import mimetypes
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
@@ -22,9 +22,9 @@ from pydantic import ValidationError
 
 from xmodal.library import Library
 from xmodal.search import SearchResults
-from xmodal.serve.indexing import IndexRunBusyError, IndexRuns, public_holder
+from xmodal.serve.indexing import IndexRunBusyError, IndexRuns, IndexRunState, public_holder
 from xmodal.serve.items import catalogued, item_details, library_roots, locate, unchanged_since_indexed, visible_results
-from xmodal.serve.multipart import read_form
+from xmodal.serve.multipart import multipart_body, read_form
 from xmodal.serve.schemas import ErrorResponse, IndexRunOut, ItemDetails, SearchQuery, SearchResponse
 from xmodal.serve.security import require_api_key
 from xmodal.serve.state import ServeState
@@ -41,25 +41,14 @@ FILE_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'uns
 EVENTS_TICK = 0.25  # seconds between looks at the index run for the event stream
 KEEPALIVE = 15.0
 _ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
-_SEARCH_FORM = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "An example image"},
-                        **{
-                            name: {"type": "string", "description": spec.description}
-                            for name, spec in SearchQuery.model_fields.items()
-                        },
-                    },
-                }
-            }
+_SEARCH_FORM = multipart_body(
+    {
+        "image": {"type": "string", "format": "binary", "description": "An example image"},
+        **{
+            name: {"type": "string", "description": spec.description} for name, spec in SearchQuery.model_fields.items()
         },
     }
-}
+)
 
 
 def library_state(request: Request) -> ServeState:
@@ -260,12 +249,7 @@ async def index_run(state: Served) -> dict:
     responses={**_ERRORS, 409: {"model": ErrorResponse, "description": "A run is going already"}},
 )
 async def start_index_run(state: Served) -> dict:
-    runs = _runs(state)
-    try:
-        run = await state.run(runs.start)
-    except IndexRunBusyError as exc:
-        raise HTTPException(409, str(exc)) from None
-    return {**run.to_dict(), "writer": runs.writer_now()}
+    return await _index_action(state, _runs(state).start)
 
 
 @router.post(
@@ -276,12 +260,16 @@ async def start_index_run(state: Served) -> dict:
     responses={**_ERRORS, 409: {"model": ErrorResponse, "description": "No run is going"}},
 )
 async def cancel_index_run(state: Served) -> dict:
-    runs = _runs(state)
+    return await _index_action(state, _runs(state).cancel)
+
+
+async def _index_action(state: ServeState, action: Callable[[], IndexRunState]) -> dict:
+    """Start or cancel (`action`, on the pool: it reads the catalog); 409 when it cannot be done now."""
     try:
-        run = runs.cancel()
+        run = await state.run(action)
     except IndexRunBusyError as exc:
         raise HTTPException(409, str(exc)) from None
-    return {**run.to_dict(), "writer": runs.writer_now()}
+    return {**run.to_dict(), "writer": _runs(state).writer_now()}
 
 
 @router.get(
