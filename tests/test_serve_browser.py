@@ -121,10 +121,12 @@ def test_typing_a_query_shows_the_expected_photo_first(page, server, shapes):
     first = page.locator("#results .tile").first
     first.hover()
     score = first.locator(".score")
-    assert (
-        score.inner_text() == f"{expected[0]['score']:.3f}"
-        and score.evaluate("e => getComputedStyle(e).opacity") == "1"
+    assert score.inner_text() == f"{expected[0]['score']:.3f}"
+    score.evaluate(
+        "e => new Promise(done => e.getAnimations().length ? e.getAnimations()[0].finished.then(done) : done())"
     )
+    assert score.evaluate("e => getComputedStyle(e).opacity") == "1"  # shown on hover,
+    assert page.locator("#results .tile").nth(5).locator(".score").evaluate("e => getComputedStyle(e).opacity") == "0"
     assert f"score {expected[0]['score']:.3f}" in first.get_attribute("title")
     page.wait_for_function(  # the thumbnails in view have loaded (those below load as they scroll in)
         "() => [...document.querySelectorAll('#results .tile img')].slice(0, 12)"

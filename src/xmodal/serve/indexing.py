@@ -194,7 +194,13 @@ class IndexRuns:
     def _follow(self, process: subprocess.Popen) -> None:
         """Turn the run's progress lines into states until it ends (however it ends)."""
         errors: deque[str] = deque(maxlen=5)
-        reader = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
+
+        def read_errors() -> None:  # the run's warnings go to the server's log
+            for line in process.stderr:
+                errors.append(line)
+                log.warning("index run %d: %s", self._state.run, line.rstrip())
+
+        reader = threading.Thread(target=read_errors, daemon=True)
         reader.start()
         ended = False
         for line in process.stdout:
