@@ -14,6 +14,7 @@ value is an error naming the variable (or flag) and what it accepts, never silen
     XMODAL_HOST / XMODAL_PORT / XMODAL_API_KEY   what `xmodal serve` binds to and the key it asks for
     XMODAL_MODEL_TTL        seconds an unused model stays loaded in `xmodal serve` (default 300; 0 = forever)
     XMODAL_SERVE_THREADS    inference threads of `xmodal serve` (default: one per CPU)
+    XMODAL_RKNN_TOOLKIT_PYTHON  a Python that has rknn-toolkit2 (default: xmodal makes one in the cache)
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class Settings:
     api_key: str | None = _setting("XMODAL_API_KEY", _text, None, "--api-key")
     model_ttl: float = _setting("XMODAL_MODEL_TTL", parse_seconds, 300.0, "--model-ttl")
     serve_threads: int | None = _setting("XMODAL_SERVE_THREADS", parse_positive_int, None)
+    rknn_toolkit_python: Path | None = _setting("XMODAL_RKNN_TOOLKIT_PYTHON", parse_path, None, "--toolkit-python")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
