@@ -57,7 +57,12 @@ _MARKER = "xmodal-rknn-toolkit.json"
 
 
 class RknnToolkitError(XmodalError):
-    """The RKNN toolkit could not be installed, started, or did not do what was asked."""
+    """The RKNN toolkit could not be installed, started, or did not do what was asked; `log` holds
+    the toolkit's log of a failed build."""
+
+    def __init__(self, message: str, log: str = ""):
+        super().__init__(message)
+        self.log = log
 
 
 def environment_dir() -> Path:
@@ -217,7 +222,9 @@ class ToolkitWorker:
                 raise RknnToolkitError(self._death())
         reply, out = frame
         if not reply.pop("ok", False):
-            raise RknnToolkitError(str(reply.get("error") or "the toolkit worker reported a failure"))
+            raise RknnToolkitError(
+                str(reply.get("error") or "the toolkit worker reported a failure"), reply.get("log", "")
+            )
         return reply, out
 
     def _death(self) -> str:

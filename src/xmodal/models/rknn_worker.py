@@ -6,8 +6,10 @@ stdin/stdout. Each message is one frame: a 4-byte big-endian length, a JSON head
 bytes of the numpy arrays the header lists (dtype and shape each). Requests:
 
     hello                               -> versions
-    build {onnx, soc, precision, ...}   -> handle, the toolkit's build log, the NPU rewrite summary
-    run {handle, data_format} + inputs  -> outputs (the simulator, one row at a time)
+    build {onnx, soc, precision, inputs, shapes, ...} + calibration arrays (int8; one per input)
+                                        -> handle, the toolkit's build log, the NPU rewrite summary
+    run {handle, data_format} + one batch per input
+                                        -> the first output, (N, D) float32 (simulated row by row)
     release {handle}, exit
 
 The toolkit's C library writes its log to file descriptors 1 and 2, so the protocol moves to a
@@ -120,10 +122,10 @@ class Worker:
                 "config",
             )
             self._check(
-                rknn.load_onnx(str(onnx_path), inputs=[request["input"]], input_size_list=[request["shape"]]),
+                rknn.load_onnx(str(onnx_path), inputs=request["inputs"], input_size_list=request["shapes"]),
                 "load_onnx",
             )
-            dataset = self._dataset(arrays[0]) if request["precision"] == "int8" else None
+            dataset = self._dataset(arrays) if request["precision"] == "int8" else None
             self._check(rknn.build(do_quantization=dataset is not None, dataset=dataset), "build")
             if request.get("export"):
                 self._check(rknn.export_rknn(request["export"]), "export_rknn")
@@ -141,8 +143,9 @@ class Worker:
         if rknn is None:
             raise ValueError(f"no built graph has handle {request['handle']!r}")
         rows = []
-        for row in arrays[0]:
-            outputs = rknn.inference(inputs=[np.ascontiguousarray(row[None])], data_format=request.get("data_format"))
+        for i in range(len(arrays[0])):
+            inputs = [np.ascontiguousarray(batch[i : i + 1]) for batch in arrays]
+            outputs = rknn.inference(inputs=inputs, data_format=request.get("data_format"))
             if outputs is None:
                 raise RuntimeError("the simulator returned no output")
             rows.append(np.asarray(outputs[0], dtype=np.float32).reshape(1, -1))
@@ -163,21 +166,25 @@ class Worker:
 
         npu_graph = _load_sibling("npu_graph")
         try:
-            model, summary = npu_graph.fuse_token_lookups(onnx.load(request["onnx"]), request["shape"])
+            model, summary = npu_graph.fuse_token_lookups(onnx.load(request["onnx"]), request["shapes"][0])
         except npu_graph.GraphRewriteError as exc:
             return Path(request["onnx"]), {"applied": False, "reason": str(exc)}
         path = self.scratch / f"rewritten-{self.next_handle}.onnx"
         onnx.save(model, str(path))
         return path, {"applied": True, **summary.to_dict()}
 
-    def _dataset(self, samples: np.ndarray) -> str:
-        """A toolkit dataset file listing one .npy file per calibration sample."""
+    def _dataset(self, inputs: list[np.ndarray]) -> str:
+        """A toolkit dataset file: one line per calibration sample, one .npy file per input."""
+        if not inputs or not len(inputs[0]):
+            raise ValueError("int8 needs calibration samples")
         folder = Path(tempfile.mkdtemp(dir=self.scratch))
         lines = []
-        for i, sample in enumerate(samples):
-            path = folder / f"{i}.npy"
-            np.save(path, sample[None])
-            lines.append(str(path))
+        for i in range(len(inputs[0])):
+            paths = []
+            for k, batch in enumerate(inputs):
+                paths.append(folder / f"{i}-{k}.npy")
+                np.save(paths[-1], batch[i : i + 1])
+            lines.append(" ".join(map(str, paths)))
         listing = folder / "dataset.txt"
         listing.write_text("\n".join(lines) + "\n")
         return str(listing)
