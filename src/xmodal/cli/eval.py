@@ -33,6 +33,12 @@ PERCENT_OPTION = typer.Option(
     False, "--percent", help="Show recalls in percent instead of fractions (0-1); JSON always holds fractions."
 )
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+RUNTIME_OPTION = typer.Option(
+    None,
+    "--runtime",
+    help="auto, onnxruntime, openvino, or a model folder's Rockchip NPU graphs: rknn-sim (simulator), rknn (board), "
+    "also as rknn-sim:SOC; repeat to compare runtimes in one table.",
+)
 
 
 def _out_dir(out: Path | None, prefix: str) -> Path:
@@ -62,17 +68,20 @@ def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _each_model(models: list[str], precision: str, job: Callable[[Encoder], list]) -> tuple[list, bool]:
-    """Run `job` with every model; a model that fails is reported and the others still run."""
+def _each_model(
+    models: list[str], precision: str, job: Callable[[Encoder], list], runtimes: list[str] | None = None
+) -> tuple[list, bool]:
+    """Run `job` with every model on every runtime; one that fails is reported and the others still run."""
     from xmodal import load_model
 
     results, failed = [], False
     for name in models:
-        try:
-            results += job(load_model(name, precision=precision))
-        except XmodalError as exc:
-            _error(name, exc)
-            failed = True
+        for runtime in runtimes or ["auto"]:
+            try:
+                results += job(load_model(name, precision=precision, runtime=runtime))
+            except XmodalError as exc:
+                _error(name if runtime == "auto" else f"{name} ({runtime})", exc)
+                failed = True
     return results, failed
 
 
@@ -121,6 +130,7 @@ def evaluate(
     percent: bool = PERCENT_OPTION,
     strict: bool = typer.Option(False, help="Stop at the first malformed dataset line instead of skipping it."),
     quiet: bool = QUIET_OPTION,
+    runtime: list[str] = RUNTIME_OPTION,
 ) -> None:
     """Retrieval benchmark: R@1/5/10, MedR, MnR and MR of each model on each dataset, both directions.
 
@@ -174,6 +184,7 @@ def evaluate(
                     )
                     for data in datasets
                 ],
+                runtime,
             )
             failed = failed or model_failed
     if results:
@@ -244,6 +255,7 @@ def zeroshot(
     percent: bool = PERCENT_OPTION,
     strict: bool = typer.Option(False, help="Stop at the first malformed CSV line instead of skipping it."),
     quiet: bool = QUIET_OPTION,
+    runtime: list[str] = RUNTIME_OPTION,
 ) -> None:
     """Zero-shot classification: top-1, top-5, mean per-class recall, per-class table, confusion matrix."""
     from xmodal.eval import report
@@ -262,6 +274,7 @@ def zeroshot(
                     encoder, data, prompts, language=language, cache=cache, progress=progress, batch_size=batch_size
                 )
             ],
+            runtime,
         )
     if results:
         unit = "percent" if percent else "fraction"

@@ -75,4 +75,4 @@ def _npu_model(folder: Path, name: str, precision: str, runtime: str) -> tuple[s
         )
     kind, soc = resolve_npu_runtime(folder, runtime)
     label = npu_precision(folder, soc)
-    return f"{name}@{kind}:{soc}", label, f"{kind}:{soc}"
+    return f"{name}@{kind}:{soc} ({label})", label, f"{kind}:{soc}"

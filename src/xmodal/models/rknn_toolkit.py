@@ -65,26 +65,29 @@ class RknnToolkitError(XmodalError):
         self.log = log
 
 
-def environment_dir() -> Path:
+def environment_dir(cache_dir: Path | None = None) -> Path:
     """Where xmodal keeps its toolkit environment: CACHE/rknn-toolkit/VERSION-pyXY."""
     tag = f"{TOOLKIT_VERSION}-py{sys.version_info.major}{sys.version_info.minor}"
-    return settings.current().cache_dir / "rknn-toolkit" / tag
+    return (cache_dir or settings.current().cache_dir) / "rknn-toolkit" / tag
 
 
 def environment_python(folder: Path) -> Path:
     return folder / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def toolkit_python(explicit: str | os.PathLike | None = None, progress: Progress | None = None) -> Path:
+def toolkit_python(
+    explicit: str | os.PathLike | None = None, progress: Progress | None = None, *, cache_dir: Path | None = None
+) -> Path:
     """The Python interpreter that has rknn-toolkit2: `explicit`, else $XMODAL_RKNN_TOOLKIT_PYTHON,
-    else xmodal's own environment, made on first use (a few minutes; reused afterwards)."""
+    else xmodal's own environment under `cache_dir` (default: the cache folder), made on first use
+    (a few minutes; reused afterwards)."""
     chosen = explicit or settings.current().rknn_toolkit_python
     if chosen:
         path = Path(chosen).expanduser()
         if not path.is_file():
             raise RknnToolkitError(f"{path}: no such Python interpreter (the toolkit Python given)")
         return path
-    folder = environment_dir()
+    folder = environment_dir(cache_dir)
     if _installed(folder):
         return environment_python(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
