@@ -29,6 +29,7 @@ _ELEMENTWISE = frozenset(
         "Less", "LessOrEqual", "Max", "Min", "Mul", "Neg", "Not", "Or", "Sign", "Sub", "Where", "Xor",
     }
 )  # fmt: skip
+_BOOLEAN = frozenset({"And", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "Or", "Xor"})
 _PREFIX = "xmodal_npu/"
 
 
@@ -73,12 +74,6 @@ def fuse_token_lookups(model: onnx.ModelProto, shape: list[int]) -> tuple[onnx.M
     size = vocab.pop()
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     values = _evaluate(graph, ids, closure, constants, [n.input[1] for n in lookups] + columns, size, opset)
-    for name in columns:
-        if values[name].dtype != np.float32:
-            raise GraphRewriteError(
-                f"{name!r} ({values[name].dtype}) is computed from the token ids alone and feeds "
-                "a non-elementwise operator; only float32 tensors are tabulated"
-            )
     blocks = [np.take(constants[n.input[0]], values[n.input[1]][0].astype(np.int64), axis=0) for n in lookups]
     blocks += [values[c][0].astype(np.float32)[:, None] for c in columns]
     table = np.concatenate([b.astype(np.float32) for b in blocks], axis=1)
@@ -134,26 +129,32 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
-def _id_closure(graph: onnx.GraphProto, ids: str, constants: dict) -> tuple[list, set[str]]:
-    """The elementwise nodes computed from the ids and scalar constants alone, and their outputs."""
-    derived, closure = {ids}, []
+def _id_closure(graph: onnx.GraphProto, ids: str, constants: dict) -> tuple[list, dict[str, int]]:
+    """The elementwise nodes computed from the ids and scalar constants alone, and the element type
+    of each tensor they make."""
+    types, closure = {ids: graph.input[0].type.tensor_type.elem_type}, []
     for node in graph.node:
         inputs = [i for i in node.input if i]
-        if node.op_type not in _ELEMENTWISE or not any(i in derived for i in inputs):
+        if node.op_type not in _ELEMENTWISE or not any(i in types for i in inputs):
             continue
-        if all(i in derived or (i in constants and constants[i].size == 1) for i in inputs):
+        if all(i in types or (i in constants and constants[i].size == 1) for i in inputs):
             closure.append(node)
-            derived.update(node.output)
-    return closure, derived
+            if node.op_type == "Cast":
+                kind = helper.get_attribute_value(node.attribute[0])
+            elif node.op_type in _BOOLEAN:
+                kind = TensorProto.BOOL
+            else:
+                kind = next(types[i] for i in inputs if i in types)
+            types.update({out: kind for out in node.output})
+    return closure, types
 
 
-def _frontier(graph, ids: str, derived: set[str], closure: list, constants: dict):
+def _frontier(graph, ids: str, derived: dict[str, int], closure: list, constants: dict):
     """What the rest of the graph takes from the id-only subgraph: table lookups, float tensors to
     tabulate, and Shape nodes (static once the input shape is fixed)."""
     in_closure = set(map(id, closure))
     lookups, columns, shapes = [], [], []
-    outputs = {o.name for o in graph.output}
-    for name in sorted(derived & outputs):
+    for name in sorted(set(derived) & {o.name for o in graph.output}):
         raise GraphRewriteError(f"the graph output {name!r} is computed from the token ids alone")
     for node in graph.node:
         if id(node) in in_closure:
@@ -172,9 +173,10 @@ def _frontier(graph, ids: str, derived: set[str], closure: list, constants: dict
                 lookups.append(node)
             elif node.op_type == "Shape":
                 shapes.append(node)
-            elif name != ids and name not in columns:
-                columns.append(name)
-            elif name == ids:
+            elif derived[name] == TensorProto.FLOAT:
+                if name not in columns:
+                    columns.append(name)
+            else:
                 raise GraphRewriteError(
                     f"the token ids feed {node.op_type} ({node.name or node.output[0]}), which is not a per-position "
                     "function of them"

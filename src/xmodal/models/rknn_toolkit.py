@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 TOOLKIT_VERSION = "2.5.0"
 # The toolkit is installed without its declared dependencies (it asks for torch <= 2.4, which has
 # no wheel here); these are the versions it was verified with. torch is imported by the toolkit's
-# quantizer; the CPU build is enough. setuptools < 70 still ships pkg_resources, which it imports.
+# quantizer; the CPU build is enough. The toolkit imports pkg_resources, which setuptools 81
+# dropped; 80.9 still has it and satisfies torch's setuptools >= 77.
 REQUIREMENTS = (
     "numpy==1.26.4",
     "onnx==1.18.0",
@@ -48,7 +49,7 @@ REQUIREMENTS = (
     "tqdm==4.70.1",
     "opencv-python-headless==4.11.0.86",
     "fast-histogram==0.14",
-    "setuptools==69.5.1",
+    "setuptools==80.9.0",
 )
 TORCH_REQUIREMENT = "torch==2.13.0"
 TOOLKIT_REQUIREMENT = f"rknn-toolkit2=={TOOLKIT_VERSION}"
@@ -143,7 +144,7 @@ def _create_environment(folder: Path, progress: Progress) -> None:
             progress.advance()
         python = environment_python(staging)
         with ToolkitWorker(python) as worker:  # the real check: the worker starts and imports the toolkit
-            versions = worker.versions
+            versions = {k: v for k, v in worker.versions.items() if k != "executable"}
         progress.advance()
         (staging / _MARKER).write_text(
             json.dumps({"requirements": _all_requirements(), "versions": versions}, indent=2)

@@ -95,7 +95,9 @@ class Worker:
         self.scratch = Path(tempfile.mkdtemp(prefix="xmodal-rknn-worker-"))
 
     def hello(self, request: dict, arrays: list) -> tuple[dict, list]:
-        from rknn.api import RKNN  # noqa: F401  (fails here, clearly, when the toolkit is missing)
+        from rknn.api import RKNN  # fails here, clearly, when the toolkit or one of its imports is missing
+
+        RKNN(verbose=False).release()
 
         return {
             "toolkit": metadata.version("rknn-toolkit2"),
