@@ -151,3 +151,31 @@ def test_the_board_runtime_needs_a_rockchip_board(tmp_path: Path):
     if rknn.board_soc() is None:
         with pytest.raises(InvalidArgumentError, match="a Rockchip board"):
             rknn.resolve_npu_runtime(tmp_path, "rknn")
+
+
+def test_an_environment_counts_as_installed_only_with_the_current_pins(tmp_path: Path):
+    from xmodal.models import rknn_toolkit
+
+    folder = tmp_path / "env"
+    python = rknn_toolkit.environment_python(folder)
+    python.parent.mkdir(parents=True)
+    python.symlink_to(sys.executable)
+    assert not rknn_toolkit._installed(folder)  # no marker: an interrupted or foreign install
+    marker = folder / rknn_toolkit._MARKER
+    marker.write_text(json.dumps({"requirements": ["rknn-toolkit2==2.3.0"]}))
+    assert not rknn_toolkit._installed(folder)  # other pins: made again
+    marker.write_text(json.dumps({"requirements": rknn_toolkit._all_requirements()}))
+    assert rknn_toolkit._installed(folder)
+
+
+def test_shipped_models_are_converted_into_a_copy(tmp_path: Path):
+    with pytest.raises(xmodal.XmodalError, match=r"shipped inside xmodal; give an output folder \(--out DIR\)"):
+        rknn.convert_to_rknn("xmodal-tiny-shapes")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("not a model")
+    with pytest.raises(xmodal.XmodalError, match="is not a copy of xmodal-tiny-shapes"):
+        rknn.convert_to_rknn("xmodal-tiny-shapes", out=tmp_path / "other")
+    with pytest.raises(InvalidArgumentError, match="calibration"):
+        rknn.convert_to_rknn("xmodal-tiny-shapes", rknn.RknnOptions(int8=True), out=tmp_path / "x")
+    with pytest.raises(InvalidArgumentError, match="rk3599"):
+        rknn.RknnOptions(socs=("rk3599",))

@@ -23,7 +23,6 @@ from xmodal import settings
 from xmodal.cli import app
 from xmodal.errors import ModelFormatError
 from xmodal.eval.datasets import ReadOptions, read_dataset
-from xmodal.eval.retrieval import evaluate_retrieval
 from xmodal.models import rknn
 from xmodal.models.rknn_toolkit import (
     _MARKER,
@@ -124,23 +123,30 @@ def test_an_unconvertible_text_tower_is_reported_with_its_operators_and_left_on_
 
 
 def test_rknn_sim_embeds_through_the_simulator_and_scores_beside_onnx(
-    converted: rknn.RknnConversion, synth_shapes: Path
+    converted: rknn.RknnConversion, synth_shapes: Path, tmp_path: Path
 ):
     onnx_model = xmodal.load_model(converted.folder)
     npu_model = xmodal.load_model(converted.folder, runtime="rknn-sim")
     assert npu_model.name == f"{converted.folder.name}@rknn-sim:rk3588 (fp16)"
     assert npu_model.model_key != onnx_model.model_key  # caches keep the two apart
-    dataset = read_dataset(synth_shapes, ReadOptions(split=None, limit=40))
-    images = dataset.items[:8]
-    cosines = np.sum(npu_model.embed_images(images) * onnx_model.embed_images(images), axis=1)
-    assert cosines.min() >= 0.999
-    texts = dataset.texts[:8]
+    dataset = read_dataset(synth_shapes, ReadOptions(split=None))
+    images, texts = dataset.items[:8], dataset.texts[:8]
+    assert np.sum(npu_model.embed_images(images) * onnx_model.embed_images(images), axis=1).min() >= 0.999
     assert np.sum(npu_model.embed_texts(texts) * onnx_model.embed_texts(texts), axis=1).min() >= 0.999
-    reference = evaluate_retrieval(onnx_model, dataset).directions
-    simulated = evaluate_retrieval(npu_model, dataset).directions
-    for ref, sim in zip(reference, simulated, strict=True):
-        assert ref.direction == sim.direction and ref.queries == sim.queries
-        assert abs(sim.metrics["R@1"] - ref.metrics["R@1"]) <= 0.02
+
+    # one table: the model on ONNX Runtime and on its NPU graphs in the simulator
+    out = tmp_path / "eval"
+    args = ["eval", "-m", str(converted.folder), "-d", str(synth_shapes), "--split", "all", "--limit", "40"]
+    run = CliRunner().invoke(app, [*args, "--runtime", "onnxruntime", "--runtime", "rknn-sim", "--out", str(out), "-q"])
+    assert run.exit_code == 0, run.output
+    assert f"| Text→Image | {npu_model.name} |" in run.stdout
+    onnx_run, npu_run = json.loads((out / "results.json").read_text())["results"]
+    assert (onnx_run["model"], npu_run["model"]) == (converted.folder.name, npu_model.name)
+    assert npu_run["precision"] == "fp16"
+    for direction in ("t2i", "i2t"):
+        ref, sim = onnx_run["directions"][direction], npu_run["directions"][direction]
+        assert ref["queries"] == sim["queries"] > 0
+        assert abs(sim["metrics"]["R@1"] - ref["metrics"]["R@1"]) <= 0.02
 
 
 def test_int8_is_calibrated_on_the_photos_given_and_rebuilt_identically_for_the_simulator(
