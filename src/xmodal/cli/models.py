@@ -66,6 +66,12 @@ def rknn(
         "--calibration",
         help="int8 calibration: a folder of your photos, or a dataset (FORMAT:PATH as for `xmodal eval`, whose captions also calibrate text).",
     ),
+    int8_algorithm: str = typer.Option(
+        "normal", "--int8-algorithm", help="int8 calibration of the toolkit: normal (min/max), mmse, kl_divergence."
+    ),
+    int8_hybrid: bool = typer.Option(
+        False, "--int8-hybrid", help="int8: let the toolkit keep the layers int8 hurts most in fp16."
+    ),
     calibration_count: int = typer.Option(
         64, min=2, help="Calibration images to use (spread over the source; up to 16 are held out to check the graph)."
     ),
@@ -108,6 +114,8 @@ def rknn(
         npu_rewrite=npu_rewrite,
         allow_cpu=frozenset(allow_cpu or ()),
         towers=tuple(dict.fromkeys(tower)) if tower else ("visual", "textual"),
+        int8_algorithm=int8_algorithm,
+        int8_hybrid=int8_hybrid,
     )
     if (int8 or int8_text) and not calibration:
         raise typer.BadParameter("--int8 needs --calibration (a folder of photos or a dataset)")

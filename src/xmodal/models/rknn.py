@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SOCS = ("rk3566", "rk3568", "rk3576", "rk3588")  # the SoCs Immich ships RKNN graphs for
 TOWERS = ("visual", "textual")
 MIN_COSINE = {"fp16": 0.999, "int8": 0.99}
+INT8_ALGORITHMS = ("normal", "mmse", "kl_divergence")
 # Operators the compiler places on the CPU that move no data: the graph's ends and reshapes.
 LAYOUT_OPERATORS = frozenset({"InputOperator", "OutputOperator", "Reshape"})
 # The toolkit logs this error for each operator it placed on the CPU; those are judged by the
@@ -96,6 +97,8 @@ class BuildSettings:
     std: list[float] | None = None
     rewrite: bool = False  # the text tower's token handling rewritten for the NPU (npu_graph)
     custom_string: str | None = None
+    quantized_algorithm: str = "normal"  # int8: the toolkit's calibration (normal, mmse, kl_divergence)
+    auto_hybrid: bool = False  # int8: the toolkit keeps layers in fp16 where int8 loses too much
 
     def request(self, onnx: Path, export: Path | None = None) -> dict:
         return {
@@ -185,8 +188,12 @@ class RknnOptions:
     npu_rewrite: bool = True  # rewrite the text tower's token handling for the NPU when possible
     allow_cpu: frozenset[str] = frozenset()  # operator types accepted on the board's CPU
     towers: tuple[str, ...] = TOWERS
+    int8_algorithm: str = "normal"  # the toolkit's calibration: normal (min/max), mmse, kl_divergence
+    int8_hybrid: bool = False  # let the toolkit keep the layers int8 hurts most in fp16
 
     def __post_init__(self) -> None:
+        if self.int8_algorithm not in INT8_ALGORITHMS:
+            raise InvalidArgumentError("int8 algorithm", self.int8_algorithm, INT8_ALGORITHMS)
         bad = [s for s in self.socs if s not in SOCS]
         if bad or not self.socs:
             raise InvalidArgumentError("soc", ",".join(bad) or "(none)", SOCS)
@@ -276,7 +283,7 @@ def convert_to_rknn(
     folder = _target_folder(source, name, out)
     encoder = Encoder(load_model_config(folder), name)
     python = find_toolkit(toolkit_python, progress)
-    probes = _Probes.make(encoder, calibration if options.int8 or options.int8_text else None)
+    probes = _Probes.make(encoder, calibration)
     reports = []
     with ToolkitWorker(python) as worker:
         progress.start(f"{name}: RKNN graphs", len(options.socs) * len(options.towers))
@@ -422,6 +429,13 @@ class _TowerConversion:
         return report
 
     def settings(self) -> BuildSettings:
+        settings = self._settings()
+        if self.precision == "int8":
+            settings.quantized_algorithm = self.options.int8_algorithm
+            settings.auto_hybrid = self.options.int8_hybrid
+        return settings
+
+    def _settings(self) -> BuildSettings:
         from xmodal.models.rknn_toolkit import TOOLKIT_VERSION
 
         names = list(self.session.input_names)

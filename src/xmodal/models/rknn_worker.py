@@ -120,6 +120,7 @@ class Worker:
                     mean_values=[[float(v) * 255 for v in request["mean"]]] if request.get("mean") else None,
                     std_values=[[float(v) * 255 for v in request["std"]]] if request.get("std") else None,
                     custom_string=request.get("custom_string"),
+                    quantized_algorithm=request.get("quantized_algorithm") or "normal",
                 ),
                 "config",
             )
@@ -128,7 +129,8 @@ class Worker:
                 "load_onnx",
             )
             dataset = self._dataset(arrays) if request["precision"] == "int8" else None
-            self._check(rknn.build(do_quantization=dataset is not None, dataset=dataset), "build")
+            hybrid = bool(request.get("auto_hybrid")) and dataset is not None
+            self._check(rknn.build(do_quantization=dataset is not None, dataset=dataset, auto_hybrid=hybrid), "build")
             if request.get("export"):
                 self._check(rknn.export_rknn(request["export"]), "export_rknn")
             self._check(rknn.init_runtime(), "init_runtime (simulator)")

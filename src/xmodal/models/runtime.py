@@ -182,6 +182,12 @@ class RknnSimulatorSession(RknnSession):
         header = {"op": "run", "handle": self._handle, "data_format": self.settings.data_format}
         return self._worker.request(header, batch)[1][0]
 
+    def __del__(self) -> None:
+        try:  # frees the simulator's copy of the graph; the worker may already be gone at exit
+            self._worker.request({"op": "release", "handle": self._handle})
+        except Exception:
+            pass
+
 
 class RknnBoardSession(RknnSession):
     """The .rknn file on the NPU of the Rockchip board this runs on, through rknn-toolkit-lite2."""
