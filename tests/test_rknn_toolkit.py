@@ -11,6 +11,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +56,18 @@ def toolkit() -> Path:
 
 @pytest.fixture(scope="module")
 def converted(toolkit: Path, tmp_path_factory: pytest.TempPathFactory) -> rknn.RknnConversion:
-    """The shipped model converted for rk3588 in fp16, into a copy of its folder."""
+    """The shipped model converted for rk3588 in fp16, into a copy of its folder (from a working
+    directory of its own: the toolkit must leave nothing there)."""
     out = tmp_path_factory.mktemp("rknn") / "tiny-shapes-rknn"
-    return rknn.convert_to_rknn("xmodal-tiny-shapes", rknn.RknnOptions(socs=("rk3588",)), out=out)
+    workdir = tmp_path_factory.mktemp("workdir")
+    before = Path.cwd()
+    os.chdir(workdir)
+    try:
+        result = rknn.convert_to_rknn("xmodal-tiny-shapes", rknn.RknnOptions(socs=("rk3588",)), out=out)
+    finally:
+        os.chdir(before)
+    assert list(workdir.iterdir()) == []
+    return result
 
 
 def _report(conversion: rknn.RknnConversion, tower: str) -> rknn.TowerReport:
@@ -184,3 +196,32 @@ def test_a_worker_that_dies_fails_the_next_request_clearly(toolkit: Path):
         worker._process.wait()
         with pytest.raises(RknnToolkitError, match=r"worker \(.*\) exited with code -9"):
             worker.request({"op": "hello"})
+
+
+def test_the_worker_does_not_outlive_a_killed_xmodal(toolkit: Path):
+    code = (
+        "import sys, time\n"
+        "from xmodal.models.rknn_toolkit import ToolkitWorker\n"
+        f"worker = ToolkitWorker({str(toolkit)!r})\n"
+        "print(worker._process.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        worker_pid = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker_pid)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fp:
+            return fp.read().split()[2] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False

@@ -103,8 +103,8 @@ class BuildSettings:
     def request(self, onnx: Path, export: Path | None = None) -> dict:
         return {
             "op": "build",
-            "onnx": str(onnx),
-            "export": str(export) if export else None,
+            "onnx": str(Path(onnx).absolute()),  # the worker runs in a folder of its own
+            "export": str(Path(export).absolute()) if export else None,
             **{k: v for k, v in asdict(self).items() if k not in ("dtypes", "data_format")},
         }
 

@@ -13,7 +13,8 @@ bytes of the numpy arrays the header lists (dtype and shape each). Requests:
     release {handle}, exit
 
 The toolkit's C library writes its log to file descriptors 1 and 2, so the protocol moves to a
-duplicate of stdout and both descriptors are pointed at LOG. Every failure is answered with
+duplicate of stdout and both descriptors are pointed at LOG; the worker works in a temporary
+folder of its own, where the toolkit leaves its debug files. Paths in requests are absolute. Every failure is answered with
 {"ok": false, "error": ...}; the worker only stops on `exit` or when its stdin closes.
 
 Needs only the standard library, numpy, onnx and rknn-toolkit2 (never xmodal itself).
@@ -25,6 +26,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import struct
 import sys
 import tempfile
@@ -227,7 +229,21 @@ def _error_text(exc: BaseException, log: str) -> str:
     return "\n".join([message] + [e for e in errors[-6:] if message not in e])
 
 
+def _die_with_parent() -> None:
+    """Linux: end this worker when xmodal's process ends, even in the middle of a long build."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent is already gone
+        sys.exit(0)
+
+
 def main() -> int:
+    _die_with_parent()
     proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
     proto_out = os.fdopen(os.dup(1), "wb")
     log_fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -236,6 +252,15 @@ def main() -> int:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     worker = Worker(sys.argv[1], log_fd)
+    os.chdir(worker.scratch)  # the toolkit writes debug files (check*.onnx) to the working directory
+    try:
+        return serve(worker, proto_in, proto_out)
+    finally:
+        shutil.rmtree(worker.scratch, ignore_errors=True)
+
+
+def serve(worker: Worker, proto_in, proto_out) -> int:
+    """Answer requests until `exit` or the end of the input stream."""
     while True:
         frame = read_frame(proto_in)
         if frame is None:
