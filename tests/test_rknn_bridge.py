@@ -179,3 +179,25 @@ def test_shipped_models_are_converted_into_a_copy(tmp_path: Path):
         rknn.convert_to_rknn("xmodal-tiny-shapes", rknn.RknnOptions(int8=True), out=tmp_path / "x")
     with pytest.raises(InvalidArgumentError, match="rk3599"):
         rknn.RknnOptions(socs=("rk3599",))
+
+
+def test_calibration_comes_spread_over_a_photo_folder_or_from_a_dataset_with_its_captions(
+    tmp_path: Path, synth_shapes: Path
+):
+    from PIL import Image
+
+    from xmodal.cli.models import _calibration_set
+
+    photos = tmp_path / "photos"
+    (photos / "2024").mkdir(parents=True)
+    for i in range(10):
+        Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(photos / "2024" / f"{i:02d}.jpg")
+    (photos / "notes.txt").write_text("not a photo")
+    picked = _calibration_set(str(photos), 4)
+    assert [Path(p).name for p in picked.images] == ["00.jpg", "03.jpg", "06.jpg", "09.jpg"]
+    assert list(picked.texts) == [] and picked.source == str(photos)
+
+    data = _calibration_set(f"karpathy:{synth_shapes}", 5)
+    assert len(data.images) == 5 and len(data.texts) == 5  # each image's first caption
+    first = json.loads(synth_shapes.read_text())["images"][0]
+    assert Path(data.images[0]).name == first["filename"] and data.texts[0] == first["sentences"][0]["raw"]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from xmodal.errors import InvalidArgumentError, ModelFormatError, XmodalError
+from xmodal.errors import InvalidArgumentError, MediaError, ModelFormatError, XmodalError
 from xmodal.media.image import ImageInput
 from xmodal.models.preprocess import resize_for_model
 from xmodal.progress import NullProgress, Progress
@@ -347,7 +347,12 @@ class _Probes:
         cal_images, cal_tokens, source = None, None, ""
         if calibration is not None:
             source = calibration.source
-            pixels = [resize_image(encoder, item) for item in calibration.images]
+            pixels = []
+            for item in calibration.images:
+                try:
+                    pixels.append(resize_image(encoder, item))
+                except MediaError as exc:  # a bad photo is left out, the rest calibrate
+                    log.warning("calibration: skipped %s", exc)
             if pixels:
                 held_out = min(16, len(pixels) // 4)  # checked on, never calibrated with
                 cal_images = np.stack(pixels[: len(pixels) - held_out])
