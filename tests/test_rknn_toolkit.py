@@ -34,6 +34,7 @@ from xmodal.models.rknn_toolkit import (
     ToolkitWorker,
     environment_dir,
     environment_python,
+    shared_worker,
     toolkit_python,
 )
 
@@ -44,7 +45,7 @@ USER_CACHE = Path(user_cache_dir("xmodal"))
 def toolkit() -> Path:
     try:
         python = toolkit_python(cache_dir=USER_CACHE)
-        ToolkitWorker(python).close()
+        shared_worker(python)  # starts it (and so checks it); conversions and sessions reuse it
     except RknnToolkitError as exc:
         pytest.skip(f"rknn-toolkit2 cannot be installed or run here: {exc}")
     os.environ["XMODAL_RKNN_TOOLKIT_PYTHON"] = str(python)  # what the rknn-sim runtime starts

@@ -271,7 +271,7 @@ def convert_to_rknn(
     from xmodal.models.config import load_model_config
     from xmodal.models.encoder import Encoder
     from xmodal.models.registry import resolve_model
-    from xmodal.models.rknn_toolkit import ToolkitWorker
+    from xmodal.models.rknn_toolkit import shared_worker
     from xmodal.models.rknn_toolkit import toolkit_python as find_toolkit
 
     progress = progress or NullProgress()
@@ -285,13 +285,13 @@ def convert_to_rknn(
     python = find_toolkit(toolkit_python, progress)
     probes = _Probes.make(encoder, calibration)
     reports = []
-    with ToolkitWorker(python) as worker:
-        progress.start(f"{name}: RKNN graphs", len(options.socs) * len(options.towers))
-        for soc in options.socs:
-            for tower in options.towers:
-                converter = _TowerConversion(worker, encoder, tower, soc, options, probes)
-                reports.append(converter.run())
-                progress.advance()
+    worker = shared_worker(python)  # kept for later conversions and simulator sessions of this process
+    progress.start(f"{name}: RKNN graphs", len(options.socs) * len(options.towers))
+    for soc in options.socs:
+        for tower in options.towers:
+            converter = _TowerConversion(worker, encoder, tower, soc, options, probes)
+            reports.append(converter.run())
+            progress.advance()
     return RknnConversion(folder, reports)
 
 
