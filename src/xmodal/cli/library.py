@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import err_console, progress_bar, say
+from xmodal.cli.console import flag, progress_bar, say
 
 LIBRARY_HELP = "Library folder (default: $XMODAL_LIBRARY, else the user data folder)."
 PRECISIONS_HELP = "fp32 (default), int8 (ONNX Runtime) or bf16 (OpenVINO)."
@@ -42,8 +42,8 @@ def index(
     model: str = typer.Option(None, "--model", "-m", help="Model name or folder (default: the library's last one)."),
     precision: str = typer.Option("fp32", help=PRECISIONS_HELP),
     exclude: list[str] = typer.Option([], "--exclude", help="Glob of paths or names to skip (repeatable)."),
-    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Follow symbolic links (loop-safe)."),
-    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and folders."),
+    follow_symlinks: bool = flag("Follow symbolic links (loop-safe).", "--follow-symlinks"),
+    hidden: bool = flag("Include hidden files and folders.", "--hidden"),
     index_spec: str = typer.Option(
         None,
         "--index",
@@ -51,11 +51,11 @@ def index(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
     workers: int = typer.Option(None, "--workers", min=1, help="Decode threads (default: one per CPU)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be added, updated and removed."),
-    wait: bool = typer.Option(False, "--wait", help="If another process is indexing this library, wait for it."),
-    tune: bool = typer.Option(False, "--tune", help="Then pick ANN search parameters for --target-recall."),
+    dry_run: bool = flag("Only say what would be added, updated and removed.", "--dry-run"),
+    wait: bool = flag("If another process is indexing this library, wait for it.", "--wait"),
+    tune: bool = flag("Then pick ANN search parameters for --target-recall.", "--tune"),
     target_recall: float = typer.Option(0.95, "--target-recall", help="Recall@10 vs exact search for --tune."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = flag("No progress bar.", "--quiet", "-q"),
 ) -> None:
     """Index photos (and record videos) under PATHS: incremental, resumable, crash-safe.
 
@@ -107,7 +107,7 @@ def _print_report(report) -> None:
     from xmodal.store.catalog import display_path
 
     for path, reason in report.failed[:20]:
-        err_console.print(f"failed {display_path(path)}: {reason}", markup=False, highlight=False, soft_wrap=True)
+        say(f"failed {display_path(path)}: {reason}", err=True)
     if len(report.failed) > 20:
         say(f"... and {len(report.failed) - 20} more (xmodal status --errors)", err=True)
     for root, reason in report.offline.items():
@@ -155,9 +155,9 @@ def search(
     output: str = typer.Option(
         None, "--format", help="table (default on a terminal), paths (default in a pipe), tsv or json."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
-    only_paths: bool = typer.Option(False, "--paths", "-f", help="Same as --format paths: one path per line."),
-    null: bool = typer.Option(False, "--null", "-0", help="With paths: end each with a NUL byte (for xargs -0)."),
+    as_json: bool = flag("Same as --format json.", "--json"),
+    only_paths: bool = flag("Same as --format paths: one path per line.", "--paths", "-f"),
+    null: bool = flag("With paths: end each with a NUL byte (for xargs -0).", "--null", "-0"),
 ) -> None:
     """Search the library by text, example image, indexed item, or a combination."""
     from xmodal.cli import output as out
@@ -206,8 +206,8 @@ def search(
 
 def status(
     library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
-    errors: bool = typer.Option(False, "--errors", help="List every failed file with its reason."),
+    as_json: bool = flag("Print the status as JSON.", "--json"),
+    errors: bool = flag("List every failed file with its reason.", "--errors"),
 ) -> None:
     """Items per type, failures, models and their vector indexes, folders, and who is indexing."""
     from xmodal.store.catalog import display_path
@@ -244,8 +244,8 @@ def status(
 
 def prune(
     library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
-    offline: bool = typer.Option(False, "--offline", help="Also forget the items of offline folders."),
-    wait: bool = typer.Option(False, "--wait", help="If another process is indexing this library, wait for it."),
+    offline: bool = flag("Also forget the items of offline folders.", "--offline"),
+    wait: bool = flag("If another process is indexing this library, wait for it.", "--wait"),
 ) -> None:
     """Drop stored embeddings no file uses any more (kept so moved or re-added files cost no model
     work); with --offline, also forget folders that are offline (unmounted) and their items."""
