@@ -61,6 +61,12 @@ def test_parse_query_terms(tmp_path: Path):
     assert parse_query("sea-side cafe") == [QueryTerm("text", "sea-side cafe", 1.0)]
     with pytest.raises(InvalidArgumentError, match="existing image file"):
         parse_query("./missing.jpg")
+    # Queries from the network never name files: the same terms are text (and #ID items).
+    assert parse_query(f"{ref} - ./missing.jpg + #17", path_terms=False) == [
+        QueryTerm("text", str(ref), 1.0),
+        QueryTerm("text", "./missing.jpg", -1.0),
+        QueryTerm("item", "17", 1.0),
+    ]
 
 
 def test_text_query_matches_brute_force(indexed):
@@ -94,6 +100,11 @@ def test_image_and_item_queries_find_the_item_itself(indexed):
     by_item = lib.search(item=by_image[0].item_id, k=3)
     assert by_item[0].item_id == by_image[0].item_id and by_item[0].score == pytest.approx(1.0, abs=1e-5)
     assert lib.search(text=f"#{by_image[0].item_id}", k=1)[0].item_id == by_image[0].item_id
+    # The image's encoded bytes (an upload) search exactly as its file does.
+    by_bytes = lib.search(image=ref.read_bytes(), k=3)
+    assert [(h.item_id, h.score) for h in by_bytes] == [(h.item_id, h.score) for h in by_image]
+    as_text = lib.search(text=str(ref), k=3, path_terms=False, min_score=-1)
+    assert as_text[0].score < 0.999  # the path was embedded as words, not opened
 
 
 def test_filters_restrict_the_search(indexed):

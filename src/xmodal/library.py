@@ -276,7 +276,7 @@ class Library:
     def search(
         self,
         text: str | None = None,
-        image: str | os.PathLike | None = None,
+        image: str | os.PathLike | bytes | None = None,
         k: int = 10,
         type: str | Sequence[str] | None = None,
         after: str | datetime | None = None,
@@ -289,15 +289,20 @@ class Library:
         model: ModelChoice = None,
         language: str | None = None,
         moments: int = 1,
+        path_terms: bool = True,
     ) -> SearchResults:
         """Rank indexed items against a query. `text` may combine terms (``"beach + ./ref.jpg -
-        people"``, ``"2:sunset"``); `image` and `item` add an example image file or indexed item.
-        Filters (type — one or several —, taken-at range, path glob) restrict the index search
-        itself. Each hit carries up to `moments` best-matching parts (video moments, text windows)."""
+        people"``, ``"2:sunset"``); `image` (a file, or an encoded image's bytes) and `item` add an
+        example image or indexed item. Filters (type — one or several —, taken-at range, path glob)
+        restrict the index search itself. Each hit carries up to `moments` best-matching parts
+        (video moments, text windows). `path_terms=False` never reads a text term as an image file
+        (for queries that come from the network)."""
         k = check_k(k)
         types = _check_types(type)
-        terms = parse_query(text) if text else []
-        if image is not None:
+        terms = parse_query(text, path_terms) if text else []
+        if isinstance(image, bytes):
+            terms.append(QueryTerm("image", image))
+        elif image is not None:
             terms.append(QueryTerm("image", str(Path(image).expanduser())))
         if item is not None:
             terms.append(QueryTerm("item", str(item)))

@@ -51,10 +51,11 @@ _WEIGHT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*:(.*)$")
 
 @dataclass(frozen=True)
 class QueryTerm:
-    """One part of a combined query: kind "text" | "image" (a file) | "item" (an indexed id)."""
+    """One part of a combined query: kind "text" | "image" (a file, or an encoded image's bytes) |
+    "item" (an indexed id)."""
 
     kind: str
-    value: str
+    value: str | bytes
     weight: float = 1.0
 
 
@@ -163,8 +164,10 @@ class SearchResults(Sequence[Hit]):
         }
 
 
-def parse_query(text: str) -> list[QueryTerm]:
-    """Split ``"2:beach + ./ref.jpg - #17 - people"`` into weighted terms (see module docstring)."""
+def parse_query(text: str, path_terms: bool = True) -> list[QueryTerm]:
+    """Split ``"2:beach + ./ref.jpg - #17 - people"`` into weighted terms (see module docstring).
+    With `path_terms` False a term is never taken for an image file (queries from the network must
+    not open files by name): it is text, or ``#ID``."""
     parts = _OPERATOR.split(f" + {text.strip()}")[1:]
     terms = []
     for sign, raw in zip(parts[::2], parts[1::2], strict=True):
@@ -176,13 +179,15 @@ def parse_query(text: str) -> list[QueryTerm]:
             raise InvalidArgumentError(
                 "query", text, 'terms joined by " + " / " - ", e.g. "beach + ./ref.jpg - people"'
             )
-        terms.append(_classify(raw, -weight if sign == "-" else weight))
+        terms.append(_classify(raw, -weight if sign == "-" else weight, path_terms))
     return terms
 
 
-def _classify(raw: str, weight: float) -> QueryTerm:
+def _classify(raw: str, weight: float, path_terms: bool) -> QueryTerm:
     if re.fullmatch(r"#\d+", raw):
         return QueryTerm("item", raw[1:], weight)
+    if not path_terms:
+        return QueryTerm("text", raw, weight)
     path = Path(raw).expanduser()
     looks_like_path = (  # image_extensions() imports Pillow: asked only of text that ends like a file name
         raw.startswith(("./", "../", "/", "~"))

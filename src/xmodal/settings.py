@@ -23,6 +23,7 @@ value is an error naming the variable (or flag) and what it accepts, never silen
     XMODAL_REQUEST_TIMEOUT  seconds a request may compute before it gets 504 (default 60; 0 = no limit)
     XMODAL_CORS_ORIGINS     origins allowed to call the HTTP API from a browser (default none: CORS off)
     XMODAL_TRUSTED_NETWORKS client networks that need no API key, e.g. 172.16.0.0/12 (default none)
+    XMODAL_RKNN_TOOLKIT_PYTHON  a Python that has rknn-toolkit2 (default: xmodal makes one in the cache)
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ class Settings:
     request_timeout: float = _setting("XMODAL_REQUEST_TIMEOUT", parse_seconds, 60.0, "--request-timeout")
     cors_origins: tuple[str, ...] = _setting("XMODAL_CORS_ORIGINS", parse_list, (), "--cors-origin")
     trusted_networks: tuple[str, ...] = _setting("XMODAL_TRUSTED_NETWORKS", parse_networks, (), "--trusted-network")
+    rknn_toolkit_python: Path | None = _setting("XMODAL_RKNN_TOOLKIT_PYTHON", parse_path, None, "--toolkit-python")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -29,6 +29,13 @@ BATCH_SIZE_OPTION = typer.Option(32, min=1, metavar="N", help="Images per model 
 PERCENT_OPTION = flag("Show recalls in percent instead of fractions (0-1); JSON always holds fractions.", "--percent")
 FORCE_OPTION = flag("Write into --out even if it already holds files (they are overwritten).", "--force")
 QUIET_OPTION = flag("No progress bars.", "--quiet", "-q")
+RUNTIME_OPTION = typer.Option(
+    None,
+    "--runtime",
+    metavar="NAME",
+    help="auto, onnxruntime, openvino, or a model folder's Rockchip NPU graphs: rknn-sim (simulator), rknn (board), "
+    "also as rknn-sim:SOC; repeat to compare runtimes in one table.",
+)
 
 
 def _csv_ints(value: str, option: str) -> list[int]:
@@ -82,17 +89,20 @@ def _cache(no_cache: bool, path: Path | None) -> Iterator:
         yield cache
 
 
-def _each_model(models: list[str], precision: str, job: Callable[[Encoder], list]) -> tuple[list, bool]:
-    """Run `job` with every model; a model that fails is reported and the others still run."""
+def _each_model(
+    models: list[str], precision: str, job: Callable[[Encoder], list], runtimes: list[str] | None = None
+) -> tuple[list, bool]:
+    """Run `job` with every model on every runtime; one that fails is reported and the others still run."""
     from xmodal import load_model
 
     results, failed = [], False
     for name in models:
-        try:
-            results += job(load_model(name, precision=precision))
-        except XmodalError as exc:
-            error(str(exc) if name in str(exc) else f"{name}: {exc}", "--model")
-            failed = True
+        for runtime in runtimes or ["auto"]:
+            try:
+                results += job(load_model(name, precision=precision, runtime=runtime))
+            except XmodalError as exc:
+                error(str(exc) if name in str(exc) else f"{name}: {exc}", "--model")
+                failed = True
     return results, failed
 
 
@@ -179,6 +189,7 @@ def evaluate(
         "--strict",
     ),
     quiet: bool = QUIET_OPTION,
+    runtime: list[str] = RUNTIME_OPTION,
 ) -> None:
     """Retrieval benchmark: R@K, MedR, MnR and MR of each model on each dataset, both directions.
 
@@ -211,7 +222,7 @@ def evaluate(
             results, failed = _run_library(library, captions, model, options, language, settings)
         else:
             settings |= {"frames": frames, "batch_size": batch_size}
-            results, failed = _run_datasets(dataset, model, options, precision, language, settings)
+            results, failed = _run_datasets(dataset, model, options, precision, language, settings, runtime)
     if results:
         unit = "percent" if percent else "fraction"
         paths = write_results(results, folder, unit)
@@ -226,7 +237,13 @@ def evaluate(
 
 
 def _run_datasets(
-    specs: list[str], models: list[str], options, precision: str, language: str | None, settings: dict
+    specs: list[str],
+    models: list[str],
+    options,
+    precision: str,
+    language: str | None,
+    settings: dict,
+    runtimes: list[str] | None = None,
 ) -> tuple[list, bool]:
     """Every model on every dataset that reads; a dataset or model that fails is reported, the rest run."""
     from dataclasses import replace
@@ -257,7 +274,11 @@ def _run_datasets(
         error(str(exc) if name in str(exc) else f"{name}: {exc}", "--model")
         failed = True
 
-    results = evaluate_models(models, datasets, precision=precision, on_error=model_failed, **settings)
+    results = []
+    for runtime in runtimes or ["auto"]:
+        results += evaluate_models(
+            models, datasets, precision=precision, runtime=runtime, on_error=model_failed, **settings
+        )
     return results, failed
 
 
@@ -327,6 +348,7 @@ def zeroshot(
         "--strict",
     ),
     quiet: bool = QUIET_OPTION,
+    runtime: list[str] = RUNTIME_OPTION,
 ) -> None:
     """Zero-shot classification: top-1, top-5, mean per-class recall, per-class table, confusion matrix."""
     from xmodal.eval.datasets.classification import read_classification
@@ -352,6 +374,7 @@ def zeroshot(
                     encoder, data, prompts, language=language, cache=cache, progress=progress, batch_size=batch_size
                 )
             ],
+            runtime,
         )
     if results:
         unit = "percent" if percent else "fraction"

@@ -148,6 +148,7 @@ def evaluate_models(
     datasets: Sequence[RetrievalDataset],
     *,
     precision: str = "fp32",
+    runtime: str = "auto",
     on_error: Callable[[str, XmodalError], None] | None = None,
     **settings,
 ) -> list[RetrievalResult]:
@@ -165,7 +166,8 @@ def evaluate_models(
     for model in models:
         name = str(model) if isinstance(model, (str, os.PathLike)) else model.name
         try:
-            encoder = load_model(model, precision=precision) if isinstance(model, (str, os.PathLike)) else model
+            named = isinstance(model, (str, os.PathLike))
+            encoder = load_model(model, precision=precision, runtime=runtime) if named else model
         except XmodalError as exc:
             failed(name, exc)
             continue
