@@ -38,19 +38,19 @@ def real_photos(n: int, short_side: int) -> list[Path]:
     return found
 
 
-def test_draft_decoding_keeps_embeddings_of_real_photos(vitb32_model_dir: Path):
-    encoder = xmodal.load_model(vitb32_model_dir)
-    assert encoder.decode_options.draft_size == encoder.image_size == 224
-    full = DecodeOptions(draft_size=None)
-    photos = real_photos(16, 2 * encoder.image_size)  # COCO's 640x480: decoded at 1/2, 320x240
+def test_draft_decoding_keeps_embeddings_of_real_photos():
+    """The shipped (trained) model reads 64 px: COCO's 640x480 photos decode at 1/4 (160x120)."""
+    encoder = xmodal.load_model("xmodal-tiny-shapes")
+    assert encoder.decode_options.draft_size == 80  # 1.25 x the input: a resize always follows
+    photos = real_photos(16, 4 * encoder.decode_options.draft_size // 2)
     assert len(photos) == 16
     drafted = encoder.embed_images(photos)
-    reference = xmodal.load_model(vitb32_model_dir, decode=full).embed_images(photos)
+    reference = xmodal.load_model("xmodal-tiny-shapes", decode=DecodeOptions(draft_size=None)).embed_images(photos)
     cosines = np.sum(drafted * reference, axis=1)
     assert cosines.min() >= 0.999, cosines.round(5)
     for path in photos:  # the drafts really are smaller than the photos (else this proves nothing)
         decoded = encoder.decode(path)
-        assert decoded.image.width <= decoded.width // 2 and min(decoded.image.size) >= encoder.image_size
+        assert decoded.image.width <= -(-decoded.width // 4) and min(decoded.image.size) >= 80
 
 
 def test_draft_decoding_of_a_12_megapixel_jpeg_at_one_eighth(vitb32_model_dir: Path, tmp_path: Path):
@@ -62,6 +62,7 @@ def test_draft_decoding_of_a_12_megapixel_jpeg_at_one_eighth(vitb32_model_dir: P
     path = tmp_path / "12mp.jpg"
     make_photo(path, seed=3)
     encoder = xmodal.load_model(vitb32_model_dir)
+    assert encoder.decode_options.draft_size == 280
     decoded = encoder.decode(path)
     assert (decoded.width, decoded.height) == (4000, 3000) and decoded.image.size == (500, 375)  # 1/8
     reference = xmodal.load_model(vitb32_model_dir, decode=DecodeOptions(draft_size=None))

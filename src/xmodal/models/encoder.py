@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # Pillow and the tokenizers library load when first used (a c
 
 log = logging.getLogger(__name__)
 
+DRAFT_MARGIN = 1.25  # decoded JPEG drafts keep at least this many times the model's input size
 ErrorHandler = Literal["raise", "skip"] | Callable[[int, object, MediaError], None]
 LONG_TEXT_MODES = ("truncate", "window")
 
@@ -68,9 +70,10 @@ class Encoder:
         self.runtime = runtime
         self.threads = threads
         self.image_size = config.preprocess.size
-        # JPEGs decode at the smallest DCT scale still covering the input (1/8 for 12 MP at 224 px):
-        # embeddings stay within cosine 0.999 of a full decode (tests/test_ingest_levers.py).
-        self.decode_options = decode or DecodeOptions(draft_size=self.image_size)
+        # JPEGs decode at the smallest DCT scale that leaves the short side DRAFT_MARGIN x the input
+        # (1/8 for 12 MP at 224 px), so a resampling step always follows the DCT scaling: embeddings
+        # stay within cosine 0.999 of a full decode (tests/test_ingest_levers.py).
+        self.decode_options = decode or DecodeOptions(draft_size=math.ceil(DRAFT_MARGIN * self.image_size))
         self.preprocess = ImagePreprocessor(config.preprocess)
         self._lock = threading.Lock()
         self._sessions: dict[str, EncoderSession] = {}
@@ -140,7 +143,7 @@ class Encoder:
 
     # -- images ---------------------------------------------------------------------------
     def decode(self, item: ImageInput) -> DecodedImage:
-        """Decode one image with this model's decode options (JPEG draft to its input size)."""
+        """Decode one image with this model's decode options (JPEG drafts, see DRAFT_MARGIN)."""
         from xmodal.media.image import decode_image
 
         return decode_image(item, self.decode_options)
