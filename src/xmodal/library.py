@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -33,6 +33,8 @@ import numpy as np
 
 from xmodal import settings
 from xmodal.errors import InvalidArgumentError, LibraryError, LibraryNotFoundError, ModelNotFoundError
+from xmodal.media.formats import TEXT_EXTENSIONS
+from xmodal.media.formats import text_extensions as text_extensions_of
 from xmodal.media.walk import WalkOptions
 from xmodal.models import load_model
 from xmodal.models.embedder import Embedder
@@ -165,6 +167,7 @@ class Library:
         exclude: Sequence[str] = (),
         follow_symlinks: bool = False,
         include_hidden: bool = False,
+        text_extensions: Iterable[str] | None = None,
         index_spec: str | None = None,
         config: EmbedConfig | None = None,
         progress: Progress | None = None,
@@ -175,13 +178,17 @@ class Library:
         before) for `model` (default: the model this library was last indexed with), then bring that
         model's vector index up to date. Creates the library when it does not exist yet.
 
+        text_extensions: the extensions of text documents to index (default .txt, .md, .caption);
+        empty: no text at all (no documents, captions or descriptions embedded in photos).
         index_spec: "auto" (exact below a size threshold, ANN above), "exact", or a Faiss factory
         string ("HNSW32", "IVF1024,Flat", "IVF1024,PQ32"); remembered per model. Another process
         indexing the library raises LibraryBusyError, or is waited for with `wait=True`.
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        walk = WalkOptions(tuple(exclude), follow_symlinks, include_hidden)
+        text = TEXT_EXTENSIONS if text_extensions is None else text_extensions_of(text_extensions)
+        walk = WalkOptions(tuple(exclude), follow_symlinks, include_hidden, text)
+        config = replace(config or EmbedConfig(), descriptions=bool(text))
         if dry_run:  # only reads: no lock, nothing registered
             catalog = self.catalog
             encoder = self._embedder_for_index(catalog, model, precision)

@@ -161,6 +161,20 @@ class TextTokenizer:
         return TokenBatch(ids, mask)
 
 
+def concat_batches(batches: list[TokenBatch]) -> TokenBatch:
+    """One batch of the rows of several (windows of many documents embedded in one model call)."""
+    spans = [span for b in batches for span in (b.spans or [(0, 0)] * len(b))]
+    return TokenBatch(np.concatenate([b.ids for b in batches]), np.concatenate([b.attention_mask for b in batches]), spans)
+
+
+def known_language(language: str | None) -> str | None:
+    """`language` when it maps to a FLORES-200 code NLLB models know, else None (the default)."""
+    try:
+        return language if language and flores_code(language) else None
+    except InvalidArgumentError:
+        return None
+
+
 def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
     """A span without the whitespace a token's offset may start with."""
     while start < end and text[start].isspace():
