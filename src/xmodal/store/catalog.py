@@ -33,7 +33,7 @@ from urllib.parse import quote
 import numpy as np
 
 from xmodal.errors import DiskFullError, LibraryError, LibraryNotFoundError
-from xmodal.media.formats import caption_key
+from xmodal.media.formats import CAPTION_EXTENSIONS, caption_key, extension
 from xmodal.store.embeddings import EmbeddingStore
 from xmodal.store.schema import MIGRATIONS, VERSION
 from xmodal.store.sql import select_in
@@ -363,6 +363,12 @@ class Catalog:
             (prefix, prefix[:-1] + b"/"),
         )
         return [r for r in map(ItemRecord.from_row, rows) if caption_key(r.path) == key]
+
+    def caption_file_ids(self) -> np.ndarray:
+        """Ids of indexed text items named like caption files (.txt, .caption), sorted."""
+        rows = self.conn.execute("SELECT id, path FROM items WHERE status = 'ok' AND type = 'text' ORDER BY id")
+        ids = [i for i, raw in rows if extension(decode_path(raw)) in CAPTION_EXTENSIONS]
+        return np.asarray(ids, dtype=np.int64)
 
     def item_by_path(self, path: str) -> ItemRecord | None:
         row = self.conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ?", (encode_path(path),)).fetchone()

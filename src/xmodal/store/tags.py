@@ -114,6 +114,15 @@ class TagStore:
         )
         return [(label, n) for label, n in rows]
 
+    def coverage(self) -> tuple[int, int]:
+        """(photos and videos tagged by the run in force, those not tagged yet)."""
+        row = self.conn.execute(
+            "SELECT COUNT(g.content_hash), COUNT(*) - COUNT(g.content_hash) FROM items i "
+            "LEFT JOIN tagged g ON g.content_hash = i.content_hash "
+            "WHERE i.status = 'ok' AND i.type IN ('image', 'video')"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     def known(self, labels: Iterable[str]) -> set[str]:
         """Those of `labels` the run in force can give (in its vocabulary)."""
         run = self.current_run()
