@@ -97,6 +97,12 @@ def evaluate(
         "--captions",
         help="With --library: JSONL/CSV of path + captions for some of its files; the rest are distractors.",
     ),
+    combine: list[str] = typer.Option(
+        None,
+        "--combine",
+        help="With --library: also compare ways to combine a photo's pixel and caption scores "
+        "(max, or the caption's weight 0-1; repeatable).",
+    ),
     split: str = typer.Option(
         "test", help="Split to evaluate (Karpathy/CLIP_benchmark: test, val; MUGE: valid); 'all' for every record."
     ),
@@ -148,6 +154,8 @@ def evaluate(
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
         if library is not None:
             results, failed = _evaluate_library(library, captions, model, options, language, wanted, cache, progress)
+            if combine:
+                _compare_combinations(library, captions, model, options, language, combine, cache, out)
         else:
             failed = False
             datasets = []
@@ -221,6 +229,28 @@ def _evaluate_library(
                 _error(name, exc)
                 failed = True
     return results, failed
+
+
+def _compare_combinations(folder: Path, captions: str, models, options, language, combine, cache, out) -> None:
+    """Text -> photo metrics of the library for each --combine, printed and written as combinations.md."""
+    from dataclasses import replace
+
+    from xmodal.eval.datasets import read_dataset
+    from xmodal.eval.library import evaluate_caption_combinations
+    from xmodal.library import Library
+
+    with Library(folder) as lib:
+        data = read_dataset(captions, options)
+        data = replace(data, language=language or data.language)
+        tables = [
+            evaluate_caption_combinations(lib, data, combine, model=name, cache=cache).markdown()
+            for name in models or [lib.catalog.models()[0].key]
+        ]
+    text = "\n\n".join(tables)
+    _say(text)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "combinations.md").write_text(text + "\n")
 
 
 def zeroshot(
