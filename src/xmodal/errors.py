@@ -106,3 +106,7 @@ class IndexCorruptError(IndexFileError):
 
 class StaleIndexError(IndexFileError):
     """The index file is intact but holds other item ids than the catalog."""
+
+
+class MeasurementError(XmodalError):
+    """A cost measurement could not be taken (e.g. the fresh process measuring a model failed)."""

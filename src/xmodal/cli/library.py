@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import err_console, progress_bar, say
+from xmodal.cli.console import flag, progress_bar, say
 
 LIBRARY_HELP = "Library folder (default: $XMODAL_LIBRARY, else the user data folder)."
 PRECISIONS_HELP = "fp32 (default), int8 (ONNX Runtime) or bf16 (OpenVINO)."
@@ -42,14 +42,12 @@ def index(
     model: str = typer.Option(None, "--model", "-m", help="Model name or folder (default: the library's last one)."),
     precision: str = typer.Option("fp32", help=PRECISIONS_HELP),
     exclude: list[str] = typer.Option([], "--exclude", help="Glob of paths or names to skip (repeatable)."),
-    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Follow symbolic links (loop-safe)."),
-    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and folders."),
+    follow_symlinks: bool = flag("Follow symbolic links (loop-safe).", "--follow-symlinks"),
+    hidden: bool = flag("Include hidden files and folders.", "--hidden"),
     text_ext: list[str] = typer.Option(
         [], "--text-ext", help="Extension of text documents to index (repeatable; default .txt, .md, .caption)."
     ),
-    no_text: bool = typer.Option(
-        False, "--no-text", help="Index no text: no documents, caption files or descriptions in photos."
-    ),
+    no_text: bool = flag("Index no text: no documents, caption files or descriptions in photos.", "--no-text"),
     index_spec: str = typer.Option(
         None,
         "--index",
@@ -57,11 +55,11 @@ def index(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
     workers: int = typer.Option(None, "--workers", min=1, help="Decode threads (default: one per CPU)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be added, updated and removed."),
-    wait: bool = typer.Option(False, "--wait", help="If another process is indexing this library, wait for it."),
-    tune: bool = typer.Option(False, "--tune", help="Then pick ANN search parameters for --target-recall."),
+    dry_run: bool = flag("Only say what would be added, updated and removed.", "--dry-run"),
+    wait: bool = flag("If another process is indexing this library, wait for it.", "--wait"),
+    tune: bool = flag("Then pick ANN search parameters for --target-recall.", "--tune"),
     target_recall: float = typer.Option(0.95, "--target-recall", help="Recall@10 vs exact search for --tune."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = flag("No progress bar.", "--quiet", "-q"),
 ) -> None:
     """Index photos and text documents (and record videos) under PATHS: incremental, resumable,
     crash-safe. A .txt or .caption file named like a photo (IMG_1.txt beside IMG_1.jpg) is also
@@ -119,7 +117,7 @@ def _print_report(report) -> None:
     from xmodal.store.catalog import display_path
 
     for path, reason in report.failed[:20]:
-        err_console.print(f"failed {display_path(path)}: {reason}", markup=False, highlight=False, soft_wrap=True)
+        say(f"failed {display_path(path)}: {reason}", err=True)
     if len(report.failed) > 20:
         say(f"... and {len(report.failed) - 20} more (xmodal status --errors)", err=True)
     for root, reason in report.offline.items():
@@ -178,9 +176,9 @@ def search(
     output: str = typer.Option(
         None, "--format", help="table (default on a terminal), paths (default in a pipe), tsv or json."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
-    only_paths: bool = typer.Option(False, "--paths", "-f", help="Same as --format paths: one path per line."),
-    null: bool = typer.Option(False, "--null", "-0", help="With paths: end each with a NUL byte (for xargs -0)."),
+    as_json: bool = flag("Same as --format json.", "--json"),
+    only_paths: bool = flag("Same as --format paths: one path per line.", "--paths", "-f"),
+    null: bool = flag("With paths: end each with a NUL byte (for xargs -0).", "--null", "-0"),
 ) -> None:
     """Search the library by text, example image, indexed item, or a combination: photos, videos
     and documents (--type to choose), photos also through their captions."""
@@ -233,8 +231,8 @@ def search(
 
 def status(
     library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
-    errors: bool = typer.Option(False, "--errors", help="List every failed file with its reason."),
+    as_json: bool = flag("Print the status as JSON.", "--json"),
+    errors: bool = flag("List every failed file with its reason.", "--errors"),
 ) -> None:
     """Items per type, failures, models and their vector indexes, folders, and who is indexing."""
     from xmodal.store.catalog import display_path
@@ -271,8 +269,8 @@ def status(
 
 def prune(
     library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
-    offline: bool = typer.Option(False, "--offline", help="Also forget the items of offline folders."),
-    wait: bool = typer.Option(False, "--wait", help="If another process is indexing this library, wait for it."),
+    offline: bool = flag("Also forget the items of offline folders.", "--offline"),
+    wait: bool = flag("If another process is indexing this library, wait for it.", "--wait"),
 ) -> None:
     """Drop stored embeddings no file uses any more (kept so moved or re-added files cost no model
     work); with --offline, also forget folders that are offline (unmounted) and their items."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from xmodal import settings
+from xmodal.cli.console import flag
 
 
 def serve(
@@ -16,9 +17,7 @@ def serve(
         help="Key clients must send (x-api-key header or Authorization: Bearer); needed to listen beyond"
         " loopback. $XMODAL_API_KEY keeps it out of the process list.",
     ),
-    ml_only: bool = typer.Option(
-        False, "--ml-only", help="Serve only machine learning (Immich's /ping and /predict), without a library."
-    ),
+    ml_only: bool = flag("Serve only machine learning (Immich's /ping and /predict), without a library.", "--ml-only"),
     preload: list[str] = typer.Option(
         None, "--preload", help="Model to load at start and keep loaded: a known name or a model folder (repeatable)."
     ),

@@ -111,6 +111,12 @@ class Encoder:
                 )
             return self._sessions[tower]
 
+    def load(self) -> dict[str, Path]:
+        """Open both towers and the tokenizer now rather than on first use (a server's start-up,
+        a load-time measurement); returns the graph file each tower runs (for int8 the quantized copy)."""
+        _ = self.tokenizer
+        return {tower: self._session(tower).path for tower in ("visual", "textual")}
+
     @property
     def tokenizer(self) -> TextTokenizer:
         with self._lock:

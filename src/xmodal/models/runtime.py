@@ -33,6 +33,7 @@ class EncoderSession(Protocol):
     """A loaded graph: named numpy inputs in, one (N, D) float32 output."""
 
     input_names: tuple[str, ...]
+    path: Path  # the graph file the session runs
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
 
@@ -102,6 +103,7 @@ class OpenVinoSession:
         names = [_port_name(p) for p in self._compiled.outputs]
         self._output = self._compiled.outputs[names.index("embedding") if "embedding" in names else 0]
         self._local = threading.local()
+        self.path = path
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         request = getattr(self._local, "request", None)

@@ -275,14 +275,11 @@ class Catalog:
     # -- transactions -----------------------------------------------------------------------
     @contextmanager
     def transaction(self, bump: bool = True) -> Iterator[int]:
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); yields the revision rows written in it
-        should carry (-1 when `bump` is off: for writes that change no item). A full disk raises
-        DiskFullError; what was committed before stays."""
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error or interruption, wherever it lands); yields
+        the revision rows written in it should carry (-1 when `bump` is off: for writes that change
+        no item). A full disk raises DiskFullError; what was committed before stays."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise _operational(self.path, exc) from None
-        try:
             revision = self.revision() + 1 if bump else -1
             if bump:
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (str(revision),))
@@ -301,15 +298,16 @@ class Catalog:
     @contextmanager
     def read(self) -> Iterator[Catalog]:
         """A consistent view for several queries (one read transaction; the writer is not blocked)."""
-        if self._depth == 0:
-            self.conn.execute("BEGIN")
-            self.conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()  # pins the snapshot
+        began = self._depth == 0 and not self.conn.in_transaction  # inside a write transaction: its view
         self._depth += 1
         try:
+            if began:
+                self.conn.execute("BEGIN")
+                self.conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()  # pins the snapshot
             yield self
         finally:
             self._depth -= 1
-            if self._depth == 0 and self.conn.in_transaction:
+            if began and self.conn.in_transaction:
                 self.conn.execute("COMMIT")
 
     # -- identity ---------------------------------------------------------------------------

@@ -7,8 +7,9 @@ scenes, events and everyday subjects of personal photos. A user's vocabulary rep
 * text: one label per line (blank lines and lines starting with '#' are skipped);
 * JSON: a list of labels; or {"labels": [...], "templates": ...}; or {"groups": [{"name": ...,
   "labels": [...], "templates": ...}, ...]}, where templates is a shipped set's name
-  ("imagenet", "simple") or a list of templates holding "{}" (e.g. "a photo of a {}, a type of
-  bird.").
+  ("imagenet", "cifar", "simple") or a list of templates holding "{}" (e.g. "a photo of a {}, a
+  type of bird."); a group may take a shipped class set's names instead of "labels"
+  ("class_set": "imagenet", "cifar10", "cifar100").
 
 A label met twice (in one group or two) is kept once, where it first appears.
 """
@@ -104,7 +105,7 @@ def _vocabulary(data: object, source: str, path: Path, templates: str | Path | N
         data = {"labels": data}
     if not isinstance(data, dict):
         raise DatasetFormatError(path, 'expected a list of labels, {"labels": [...]} or {"groups": [...]}')
-    groups_data = data.get("groups", [data] if "labels" in data else None)
+    groups_data = data.get("groups", [data] if "labels" in data or "class_set" in data else None)
     if not isinstance(groups_data, list) or not groups_data:
         raise DatasetFormatError(path, 'expected "labels" or a non-empty "groups" list')
     groups = tuple(_group(g, n, path, templates) for n, g in enumerate(groups_data, start=1))
@@ -117,8 +118,12 @@ def _vocabulary(data: object, source: str, path: Path, templates: str | Path | N
 def _group(data: object, number: int, path: Path, templates: str | Path | None) -> LabelGroup:
     from xmodal.eval.zeroshot import load_templates, shipped_templates
 
+    if isinstance(data, dict) and "class_set" in data and "labels" not in data:
+        from xmodal.eval.datasets.class_sets import class_set
+
+        data = dict(data, labels=list(class_set(str(data["class_set"])).names))
     if not isinstance(data, dict) or not isinstance(data.get("labels"), list):
-        raise DatasetFormatError(path, f"group {number}: expected an object with a 'labels' list")
+        raise DatasetFormatError(path, f"group {number}: expected an object with a 'labels' list or a 'class_set'")
     labels = data["labels"]
     bad = [label for label in labels if not isinstance(label, str) or not label.strip()]
     if bad:
