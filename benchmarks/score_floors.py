@@ -13,7 +13,8 @@ It prints the related scores' median and 5th percentile, the unrelated scores' 9
 percentiles, and the floor xmodal uses for this model (search.MODEL_MIN_SCORES) with the share of
 related and unrelated pairs at or above it. The floor is chosen as the unrelated 99th percentile
 rounded up to 0.01: about one unrelated pair in a hundred passes (a stricter floor starts to drop
-short or partial queries that do match).
+short or partial queries that do match). image -> image is shown for reference only: similar-photo
+search has no floor (the related pairs here are near-duplicates, not merely similar photos).
 
     python benchmarks/score_floors.py [--model xmodal-tiny-shapes] [--n 400] [--data DIR]
 """

@@ -100,8 +100,10 @@ def make_bad_corpus(root: Path) -> dict[str, str | None]:
     name = os.fsdecode(b"caf\xe9-latin1.jpg")  # not valid UTF-8
     (root / name).write_bytes(good)
     expected[name] = "ok"
-    (root / "notes.txt").write_text("not media")
-    expected["notes.txt"] = None
+    (root / "notes.txt").write_text("a text document")
+    expected["notes.txt"] = "ok"
+    (root / "junk.txt").write_bytes(bytes(range(256)) * 4)
+    expected["junk.txt"] = "binary data"
     (root / ".hidden.jpg").write_bytes(good)
     expected[".hidden.jpg"] = None
     (root / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)

@@ -274,6 +274,7 @@ class Library:
         threshold: str | float | None = None,
         confidence: float | None = None,
         recalibrate: bool = False,
+        batch_size: int = 500,
         cache: object | None = None,
         progress: Progress | None = None,
         wait: bool = False,
@@ -284,8 +285,8 @@ class Library:
         with their templates (or `templates`: imagenet, simple, a file), kept where they pass the
         thresholds (threshold "auto": calibrated on this library to `confidence`; "off": the top
         label of each group; a number: that cosine). Only new contents are tagged unless the
-        model, vocabulary or thresholds changed. `cache` (an eval EmbeddingCache) keeps prompt
-        embeddings between runs."""
+        model, vocabulary or thresholds changed; `batch_size` photos are committed at a time.
+        `cache` (an eval EmbeddingCache) keeps prompt embeddings between runs."""
         from xmodal.tags import TagSettings, load_vocabulary, prompt_vectors, tag_library
 
         settings = TagSettings.parse(threshold, confidence)
@@ -298,7 +299,14 @@ class Library:
                 progress.start("embedding the vocabulary", None)
             vectors = prompt_vectors(encoder, vocabulary, cache=cache)
             report = tag_library(
-                catalog, encoder, vocabulary, settings, recalibrate=recalibrate, label_vectors=vectors, progress=progress
+                catalog,
+                encoder,
+                vocabulary,
+                settings,
+                recalibrate=recalibrate,
+                label_vectors=vectors,
+                batch_size=batch_size,
+                progress=progress,
             )
         log.info("tagged %s: %s", self.folder, report.summary())
         return report

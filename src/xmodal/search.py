@@ -18,11 +18,13 @@ the cosine is symmetric, so image -> text queries meet the same scale):
   below 0.20 the "best" hit is typically noise.
 * SigLIP-style models (SigLIP, SigLIP2, NLLB-SigLIP): 0.07. SigLIP is trained with a sigmoid
   ``p = sigma(t*cos + b)``; with its published t = 117, b = -12.7, p(match) = 1 % at cos = 0.07.
-* text <-> text and image <-> image have no family floor: the text towers of these families put
-  unrelated sentences anywhere from 0.3 to 0.8, and no floor has been measured for them here.
+* text <-> text has no family floor: the text towers of these families put unrelated sentences
+  anywhere from 0.3 to 0.8, and no floor has been measured for them here.
+* image <-> image has none at all: "more like this" ranks every photo (a floor measured on
+  near-duplicates would hide the merely similar ones).
 * Models whose floors were measured (benchmarks/score_floors.py, recorded in BENCHMARKS.md: the
   unrelated pairs' 99th percentile, so about one unrelated pair in a hundred passes) use their
-  own: the shipped xmodal-tiny-shapes has floors for every pair.
+  own: the shipped xmodal-tiny-shapes has floors for text -> image, image -> text and text -> text.
 * Other models (xmodal's own trained models, unknown folders): no floor.
 
 ``min_score`` overrides the floors: one number for every pair, or per item modality
@@ -70,7 +72,6 @@ MODEL_MIN_SCORES: dict[str, dict[tuple[str, str], float]] = {
         ("text", "image"): 0.20,
         ("image", "text"): 0.20,
         ("text", "text"): 0.68,
-        ("image", "image"): 0.72,
     },
 }
 MODALITIES = {"image": "image", "video": "image", "text": "text"}  # item type -> modality

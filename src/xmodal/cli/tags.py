@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import progress_bar, say
+from xmodal.cli.console import flag, progress_bar, say
 from xmodal.cli.library import LIBRARY_HELP, _existing
 
 app = typer.Typer(help="The zero-shot tags of a library.", no_args_is_help=True)
@@ -21,7 +21,7 @@ def tag(
         help="Labels: a text file (one per line) or JSON (labels, or groups with their own templates); "
         "default: ImageNet's 1,000 classes plus scenes and events.",
     ),
-    extend: bool = typer.Option(False, "--extend", help="Add the --vocabulary labels to the default ones."),
+    extend: bool = flag("Add the --vocabulary labels to the default ones.", "--extend"),
     templates: str = typer.Option(
         None, "--templates", help="Prompt templates for every label: imagenet (CLIP's 80), simple, or a JSON file."
     ),
@@ -33,11 +33,12 @@ def tag(
     confidence: float = typer.Option(
         None, "--confidence", help="With auto: how sure a tag must be, 0.5-0.99 (default 0.9)."
     ),
-    recalibrate: bool = typer.Option(False, "--recalibrate", help="Calibrate again and tag everything again."),
+    recalibrate: bool = flag("Calibrate again and tag everything again.", "--recalibrate"),
+    batch_size: int = typer.Option(500, "--batch-size", min=1, help="Photos committed at a time."),
     model: str = typer.Option(None, "--model", "-m", help="Which of the library's models (default: the last used)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Embed the prompts again (no embedding cache)."),
-    wait: bool = typer.Option(False, "--wait", help="If another process is writing this library, wait for it."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    no_cache: bool = flag("Embed the prompts again (no embedding cache).", "--no-cache"),
+    wait: bool = flag("If another process is writing this library, wait for it.", "--wait"),
+    quiet: bool = flag("No progress bar.", "--quiet", "-q"),
 ) -> None:
     """Zero-shot tags for the photos and videos of a library: labels whose score passes a
     threshold calibrated on the library itself (no tag is better than a wrong one). Run again
@@ -56,6 +57,7 @@ def tag(
             threshold=threshold,
             confidence=confidence,
             recalibrate=recalibrate,
+            batch_size=batch_size,
             cache=cache,
             progress=progress,
             wait=wait,
@@ -74,7 +76,7 @@ def tag(
 @app.command("list")
 def list_tags(
     library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print as JSON (with the run's settings)."),
+    as_json: bool = flag("Print as JSON (with the run's settings).", "--json"),
 ) -> None:
     """Each tag with the number of items carrying it, most frequent first."""
     with _existing(library) as lib:

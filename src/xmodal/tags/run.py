@@ -94,10 +94,14 @@ def tag_library(
     *,
     recalibrate: bool = False,
     label_vectors: np.ndarray | None = None,
+    batch_size: int = BATCH,
     progress: Progress | None = None,
 ) -> TagReport:
-    """Tag the library's photos and videos for `encoder`'s model (the catalog a writer connection).
-    `label_vectors` (labels, D) are the labels' prompt embeddings when computed already."""
+    """Tag the library's photos and videos for `encoder`'s model (the catalog a writer connection),
+    `batch_size` contents per transaction. `label_vectors` (labels, D) are the labels' prompt
+    embeddings when computed already."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError("--batch-size", batch_size, "a whole number >= 1")
     settings = settings or TagSettings()
     progress = progress or NullProgress()
     started = time.perf_counter()
@@ -140,8 +144,8 @@ def tag_library(
     progress.start("tagging", len(todo))
     position = {h: i for i, h in enumerate(hashes)}
     try:
-        for start in range(0, len(todo), BATCH):
-            batch = todo[start : start + BATCH]
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
             scores = _content_scores(vectors, owners, classes, hashes=batch, position=position)
             decided = _decide(batch, scores, vocabulary, thresholds, settings)
             with catalog.transaction(bump=False):

@@ -231,7 +231,6 @@ class EmbedRun:
             return _Prepared(EmbedResult(job, row))
 
     def _prepare_image(self, job: FileJob, content: FileContent, digest: str) -> _Prepared:
-        windows = None
         if digest in self.known:
             info, pixels = probe_image(content.data, job.path, self.embedder.decode_options), None
         else:
