@@ -54,16 +54,18 @@ def mixed(tmp_path_factory: pytest.TempPathFactory):
     (notes / "journal.md").write_text("\n\n".join(paragraphs) + "\n")
     for name, text in UNRELATED.items():
         (notes / name).write_text(text)
+    filler = list(UNRELATED.values()) * 2
+    (notes / "diary.md").write_text("\n\n".join(filler + [written(records[55], 3)] + filler) + "\n")
     lib = Library(root / "lib")
     report = lib.index([root / "tree"], model=MODEL)
-    assert report.failed == [] and report.added == 60 + 20 + 20 + 1 + 3
+    assert report.failed == [] and report.added == 60 + 20 + 20 + 2 + 3
     yield lib, records, photos, notes, paragraphs
     lib.close()
 
 
 def test_types_are_counted_and_windows_stored(mixed):
     lib, _, _, notes, paragraphs = mixed
-    assert lib.status()["items"] == {"image": 60, "video": 0, "text": 44}
+    assert lib.status()["items"] == {"image": 60, "video": 0, "text": 45}
     journal = lib.catalog.item_by_path(str(notes / "journal.md"))
     segments = lib.catalog.segments(lib.catalog.models()[0].key, journal.content_hash)
     text = (notes / "journal.md").read_text()
@@ -82,7 +84,8 @@ def test_a_caption_finds_its_photo(mixed):
         (hit,) = lib.search(caption, k=1, type="image")
         assert hit.path == str(photos / records[i]["filename"])
         assert hit.caption.path == str(photos / (Path(records[i]["filename"]).stem + ".txt"))
-        assert hit.score == pytest.approx(1.0, abs=1e-4) and hit.pixel_score < hit.score
+        assert hit.caption.score == pytest.approx(1.0, abs=1e-4)
+        assert hit.score == pytest.approx(max(hit.pixel_score, hit.caption.scaled))  # on the pixel scale
     other_words = [
         str(photos / records[i]["filename"]) in {h.path for h in lib.search(written(records[i], 9), k=3, type="image")}
         for i in CAPTIONED
@@ -103,11 +106,11 @@ def test_a_photo_finds_the_document_describing_it(mixed):
 def test_type_filters_return_only_the_asked_types(mixed):
     lib, *_ = mixed
     everything = lib.search("a red circle", k=500, min_score=-1)
-    assert len(everything) == 104 and {h.type for h in everything} == {"image", "text"}
+    assert len(everything) == 105 and {h.type for h in everything} == {"image", "text"}
     images = lib.search("a red circle", k=500, min_score=-1, type="image")
     texts = lib.search("a red circle", k=500, min_score=-1, type=["text"])
     assert (len(images), {h.type for h in images}) == (60, {"image"})
-    assert (len(texts), {h.type for h in texts}) == (44, {"text"})
+    assert (len(texts), {h.type for h in texts}) == (45, {"text"})
     both = lib.search("a red circle", k=500, min_score=-1, type=["image", "text"])
     assert {h.item_id for h in both} == {h.item_id for h in everything}
     assert len(lib.search("a red circle", k=10, min_score=-1, type="video")) == 0
@@ -115,19 +118,29 @@ def test_type_filters_return_only_the_asked_types(mixed):
 
 def test_text_to_text_and_the_matched_window(mixed):
     lib, records, _, notes, paragraphs = mixed
-    text = (notes / "journal.md").read_text()
-    first = []
+    key = lib.catalog.models()[0].key
+    journal = lib.catalog.item_by_path(str(notes / "journal.md"))
+    segments = lib.catalog.segments(key, journal.content_hash)
+    found = []
     for n in range(len(JOURNAL)):
-        hits = lib.search(paragraphs[n], k=3, type="text", moments=2)
-        (journal,) = [h for h in hits if h.path == str(notes / "journal.md")]  # in the top 3
-        first.append(journal.rank == 1)
-        best = journal.moments[0]
-        start = text.index(paragraphs[n])
-        assert best.start <= start + 10 and best.end >= start + len(paragraphs[n]) - 10  # that paragraph's window
-        data = journal.to_dict()
-        assert data["snippet"] == best.text == " ".join(text[int(best.start) : int(best.end)].split())
-        assert data["moments"][0]["start"] == best.start and "snippet" in data["moments"][0]
-    assert np.mean(first) >= 0.6
+        hits = lib.search(paragraphs[n], k=3, type="text", moments=2, min_score=-1)
+        found.append(any(h.item_id == journal.id for h in hits))
+        (hit,) = lib.search(paragraphs[n], k=1, type="text", moments=2, min_score=-1, path_glob="*/journal.md")
+        scores = np.stack([s.vector for s in segments]) @ lib.encoder().embed_texts([paragraphs[n]])[0]
+        order = np.argsort(-scores, kind="stable")
+        assert [(m.start, m.end, m.text) for m in hit.moments] == [
+            (segments[i].start, segments[i].end, segments[i].text) for i in order[:2]
+        ]  # the two best windows, best first, with their words
+        assert [m.score for m in hit.moments] == pytest.approx(scores[order[:2]].tolist(), abs=1e-5)
+        assert hit.to_dict()["snippet"] == hit.moments[0].text
+    assert np.mean(found) >= 0.8
+    text = (notes / "diary.md").read_text()
+    shapes = written(records[55], 3)
+    (diary,) = lib.search(written(records[55], 8), k=1, type="text", path_glob="*/diary.md", min_score=-1)
+    start = text.index(shapes)
+    best = diary.moments[0]
+    assert best.start <= start + 5 and best.end >= start + len(shapes) - 5  # the window about the shapes
+    assert " ".join(text[int(best.start) : int(best.end)].split()) == best.text
     unrelated = lib.search("pancakes with flour, sugar and milk", k=1, type="text")
     assert unrelated[0].path.endswith("recipe.txt")
 
@@ -139,7 +152,7 @@ def test_floors_per_modality_and_overrides(mixed):
     assert results.min_scores == {"image": 0.20, "video": 0.20, "text": 0.68}
     assert all(h.similarity >= 0.20 for h in results if h.type == "image")
     assert all(h.similarity >= 0.68 for h in results if h.type == "text")
-    assert len(results) < 104  # unrelated items fall below their floor
+    assert len(results) < 105  # unrelated items fall below their floor
     no_texts = lib.search(query, k=500, min_score={"text": 1.01})
     assert {h.type for h in no_texts} == {"image"}
     nothing = lib.search(query, k=5, min_score=1.01)
@@ -155,10 +168,11 @@ def test_pixel_and_caption_scores_combine_as_documented(mixed):
         return next(h for h in lib.search(query, k=60, type="image", min_score=-1, combine=combine) if h.path == path)
 
     best, pixels, words, half = of("max"), of(0), of(1.0), of("0.5")
-    assert best.score == pytest.approx(max(best.pixel_score, best.caption.score))
+    assert best.score == pytest.approx(max(best.pixel_score, best.caption.scaled))
     assert pixels.score == pytest.approx(pixels.pixel_score)
-    assert words.score == pytest.approx(words.caption.score)
-    assert half.score == pytest.approx(0.5 * half.pixel_score + 0.5 * half.caption.score)
+    assert words.score == pytest.approx(words.caption.scaled)
+    assert half.score == pytest.approx(0.5 * half.pixel_score + 0.5 * half.caption.scaled)
+    assert best.caption.scaled < best.caption.score  # text -> text scores sit far above text -> image
     uncaptioned = str(photos / records[50]["filename"])
     plain = next(h for h in lib.search(query, k=60, type="image", min_score=-1, combine=1.0) if h.path == uncaptioned)
     assert plain.caption is None and plain.score == pytest.approx(plain.similarity)

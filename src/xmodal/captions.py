@@ -5,19 +5,19 @@ the files as they are now (a caption added, renamed or deleted) without being st
 
 `scored_candidates` turns the entries an index search found into one candidate per item, scored
 exactly against every vector of the item: a document or a video by its best part; a photo by its
-pixels and its best caption, combined as `search.CaptionCombine` says. A caption file found by the
-index also brings its photo in, so text finds photos through their captions as well as their
-pixels.
+pixels and its best caption, combined as `search.CaptionCombine` says (captions carried over to
+the pixel scale by the query's scores of a `LibrarySample`). A caption file found by the index also
+brings its photo in, so text finds photos through their captions as well as their pixels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from xmodal.media.formats import CAPTION_EXTENSIONS, extension
-from xmodal.search import CaptionCombine, CaptionMatch, Moment
+from xmodal.search import CaptionCombine, CaptionMatch, Moment, ScoreScales
 from xmodal.store.catalog import Catalog, ItemRecord, entry_items
 
 
@@ -47,6 +47,36 @@ def _margin(score: float, floor: float | None) -> float:
     return np.inf if floor is None else score - floor
 
 
+SAMPLE = 1000  # photos and captions whose scores give a query's two scales
+
+
+@dataclass(frozen=True)
+class LibrarySample:
+    """Vectors of up to SAMPLE photos (pixels) and SAMPLE captions (caption files, descriptions
+    in photos), spread evenly over the library: where a query's two score scales are read."""
+
+    pixels: np.ndarray
+    captions: np.ndarray
+
+    def scales(self, query: np.ndarray) -> ScoreScales | None:
+        return ScoreScales.of(self.pixels @ query, self.captions @ query)
+
+
+def library_sample(catalog: Catalog, model_key: str, limit: int = SAMPLE) -> LibrarySample:
+    """The sample of a library for one model (call inside `catalog.read()`)."""
+    photos = _spread(catalog.filtered_ids(type="image", model_key=model_key), limit)
+    files = _spread(catalog.caption_file_ids(), limit)
+    _, pixels = catalog.vectors(model_key, photos)
+    _, captions = catalog.vectors(model_key, files)
+    described = catalog.description_vectors(model_key, limit)
+    parts = [v for v in (captions, described) if len(v)]
+    return LibrarySample(pixels, np.concatenate(parts) if parts else np.zeros((0, pixels.shape[1] or 1), np.float32))
+
+
+def _spread(ids: np.ndarray, limit: int) -> np.ndarray:
+    return ids if len(ids) <= limit else ids[np.linspace(0, len(ids) - 1, limit).astype(np.int64)]
+
+
 def is_caption_file(row: ItemRecord) -> bool:
     """A text item named like a caption file (whether a photo goes with it is `caption_group`'s)."""
     return row.type == "text" and extension(row.path) in CAPTION_EXTENSIONS
@@ -60,9 +90,11 @@ def scored_candidates(
     visible: set[int] | None,
     combine: CaptionCombine,
     moments: int,
+    sample: LibrarySample | None = None,
 ) -> list[Candidate]:
     """One candidate per visible item the entries name, or whose caption file they name (call
-    inside `catalog.read()`); `visible` None lets every item through."""
+    inside `catalog.read()`); `visible` None lets every item through; `sample` gives the scales
+    caption scores are carried over with (none: raw caption scores)."""
     query = np.asarray(query, dtype=np.float32)
     found = catalog.items_by_id(np.unique(entry_items(entries)).tolist())
     shown = [r for r in found.values() if visible is None or r.id in visible]
@@ -72,7 +104,8 @@ def scored_candidates(
             for photo in catalog.caption_group(row.path):
                 if photo.type == "image" and (visible is None or photo.id in visible):
                     photos.setdefault(photo.id, photo)
-    out = [_scored_photos(catalog, model_key, query, list(photos.values()), combine)]
+    scales = sample.scales(query) if sample is not None else None
+    out = [_scored_photos(catalog, model_key, query, list(photos.values()), combine, scales)]
     others = [r for r in shown if r.type != "image" and r.content_hash]
     out.append([_scored_item(catalog, model_key, query, row, moments) for row in others])
     return [c for group in out for c in group if c is not None]
@@ -103,6 +136,7 @@ def _scored_photos(
     query: np.ndarray,
     photos: list[ItemRecord],
     combine: CaptionCombine,
+    scales: ScoreScales | None,
 ) -> list[Candidate]:
     own = catalog.embeddings.get_many(model_key, [p.content_hash for p in photos if p.content_hash])
     photos = [p for p in photos if p.content_hash in own]
@@ -111,10 +145,11 @@ def _scored_photos(
     pixels = np.asarray([float(own[p.content_hash] @ query) for p in photos])
     captions = [best_caption(catalog, model_key, p, query) for p in photos]
     caption_scores = np.asarray([np.nan if c is None else c.score for c in captions])
-    scores = combine.combine(pixels, caption_scores)
+    scores = combine.combine(pixels, caption_scores, scales)
+    scaled = scales.to_pixels(caption_scores) if scales is not None else caption_scores
     return [
-        Candidate(photo, float(score), (), float(pixel), caption)
-        for photo, score, pixel, caption in zip(photos, scores, pixels, captions, strict=True)
+        Candidate(photo, float(score), (), float(pixel), caption and replace(caption, scaled=float(carried)))
+        for photo, score, pixel, caption, carried in zip(photos, scores, pixels, captions, scaled, strict=True)
     ]
 
 

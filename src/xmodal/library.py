@@ -39,7 +39,7 @@ from xmodal.media.walk import WalkOptions
 from xmodal.models import load_model
 from xmodal.models.embedder import Embedder
 from xmodal.progress import Progress
-from xmodal.captions import Candidate, scored_candidates
+from xmodal.captions import Candidate, LibrarySample, library_sample, scored_candidates
 from xmodal.search import (
     CaptionCombine,
     Hit,
@@ -97,6 +97,7 @@ class Library:
         self._readers: list[Catalog] = []
         self._guard = threading.Lock()
         self._encoders: dict[str, Embedder] = {}
+        self._samples: dict[tuple[str, int], LibrarySample] = {}
 
     def __enter__(self) -> Library:
         return self
@@ -393,13 +394,25 @@ class Library:
             visible = None if allowed is None else set(allowed.tolist())
             wanted = candidates_for(k, decay_days is not None)
             fetch = min(len(snapshot), wanted)
+            sample = self._sample(catalog, record.key)
             while True:
                 _, entries = snapshot.search(vector, fetch, searched)
-                candidates = scored_candidates(catalog, record.key, vector, entries, visible, combine, moments)
+                candidates = scored_candidates(catalog, record.key, vector, entries, visible, combine, moments, sample)
                 if len(candidates) >= wanted or len(entries) < fetch or fetch >= len(snapshot):
                     break
                 fetch = min(len(snapshot), 4 * fetch)  # videos and texts have several entries each
             return self._results(catalog, record, candidates, k, floors, decay_days)
+
+    def _sample(self, catalog: Catalog, model_key: str) -> LibrarySample:
+        """The library's photo/caption sample at the catalog's revision (kept until it changes)."""
+        key = (model_key, catalog.revision())
+        with self._guard:
+            found = self._samples.get(key)
+        if found is None:
+            found = library_sample(catalog, model_key)
+            with self._guard:
+                self._samples = {k: v for k, v in self._samples.items() if k[0] != model_key} | {key: found}
+        return found
 
     def _results(
         self,

@@ -31,11 +31,17 @@ the cosine is symmetric, so image -> text queries meet the same scale):
 (``{"text": 0.6}``, on the command line ``text=0.6,image=0.25``).
 
 Photos and their words: a caption file (IMG_1.txt beside IMG_1.jpg) and the description a photo
-carries are the photo's captions. A photo's score combines its pixels' score with its best
-caption's (`CaptionCombine`): "max" (the default) takes the higher, so a photo is found through
-either; a weight w in [0, 1] takes w * caption + (1 - w) * pixels for photos with a caption (w = 0:
-pixels only, w = 1: the caption alone), pixels alone for the others. `xmodal eval --library
---combine` measures which is better on one's own captions.
+carries are the photo's captions. A query scores captions on the text <-> text scale, far above
+where it scores pixels (the shipped model: matching pairs at 0.98 against 0.37), so a caption's
+score is first carried over to the pixel scale: the query's scores of the library's photos and of
+its captions are matched in mean and spread (over a sample of up to 1,000 of each), and a caption
+scoring z spreads above the captions' mean counts as a photo scoring z spreads above the photos'
+mean. A photo's score then combines its pixels' score with its best caption's (`CaptionCombine`):
+"max" (the default) takes the higher, so a photo is found through either; a weight w in [0, 1]
+takes w * caption + (1 - w) * pixels for photos with a caption (w = 0: pixels only, w = 1: the
+caption alone), pixels alone for the others. Scores stay on the text -> image scale, so photos
+with and without captions rank fairly against each other. `xmodal eval --library --combine`
+measures which combination is better on one's own captions.
 """
 
 from __future__ import annotations
@@ -106,18 +112,21 @@ class Moment:
 @dataclass(frozen=True)
 class CaptionMatch:
     """The caption a photo was scored by: a caption file's item id (None: the description in the
-    photo itself), its score, and its best window."""
+    photo itself), its cosine score, that score carried over to the pixel scale (what the photo's
+    score combines), and its best window."""
 
     item_id: int | None
     path: str | None
     score: float
     moment: Moment | None
+    scaled: float | None = None
 
     def to_dict(self) -> dict:
         return {
             "item_id": self.item_id,
             "path": display_path(self.path) if self.path is not None else None,
             "score": round(self.score, 6),
+            "scaled_score": round(self.scaled, 6) if self.scaled is not None else None,
             "snippet": self.moment.text if self.moment else None,
         }
 
@@ -313,6 +322,38 @@ def parse_min_score(text: str | None) -> MinScore:
 
 
 @dataclass(frozen=True)
+class ScoreScales:
+    """A query's score distributions over the library's photos (pixels) and captions: mean and
+    standard deviation of each (per query when arrays: one value per row)."""
+
+    pixel_mean: np.ndarray | float
+    pixel_sd: np.ndarray | float
+    caption_mean: np.ndarray | float
+    caption_sd: np.ndarray | float
+
+    @classmethod
+    def of(cls, pixel_scores: np.ndarray, caption_scores: np.ndarray) -> ScoreScales | None:
+        """From a query's (or each row's) scores of photos and of captions; None when there are
+        too few of either to tell a spread (two at least)."""
+        pixel_scores, caption_scores = np.asarray(pixel_scores), np.asarray(caption_scores)
+        if pixel_scores.shape[-1] < 2 or caption_scores.shape[-1] < 2:
+            return None
+        return cls(
+            pixel_scores.mean(axis=-1),
+            pixel_scores.std(axis=-1),
+            caption_scores.mean(axis=-1),
+            np.maximum(caption_scores.std(axis=-1), 1e-6),
+        )
+
+    def to_pixels(self, captions: np.ndarray) -> np.ndarray:
+        """Caption scores (rows of queries when the scales are per query) on the pixel scale."""
+        shape = (-1, 1) if np.ndim(self.pixel_mean) else ()
+        mean_p, sd_p = np.reshape(self.pixel_mean, shape), np.reshape(self.pixel_sd, shape)
+        mean_c, sd_c = np.reshape(self.caption_mean, shape), np.reshape(self.caption_sd, shape)
+        return mean_p + sd_p * (np.asarray(captions, dtype=np.float64) - mean_c) / sd_c
+
+
+@dataclass(frozen=True)
 class CaptionCombine:
     """How a photo's pixel score and its best caption's score make its score (module docstring):
     `weight` None is "max", else w * caption + (1 - w) * pixels."""
@@ -336,10 +377,15 @@ class CaptionCombine:
     def __str__(self) -> str:
         return "max" if self.weight is None else f"{self.weight:g}"
 
-    def combine(self, pixels: np.ndarray, captions: np.ndarray) -> np.ndarray:
-        """Scores from pixel scores and caption scores (NaN where a photo has no caption)."""
+    def combine(
+        self, pixels: np.ndarray, captions: np.ndarray, scales: ScoreScales | None = None
+    ) -> np.ndarray:
+        """Scores from pixel scores and caption scores (NaN where a photo has no caption), the
+        captions carried over to the pixel scale by `scales` first (module docstring)."""
         pixels = np.asarray(pixels, dtype=np.float64)
         captions = np.asarray(captions, dtype=np.float64)
+        if scales is not None:
+            captions = scales.to_pixels(captions)
         has = ~np.isnan(captions)
         if self.weight is None:
             mixed = np.maximum(pixels, np.where(has, captions, -np.inf))

@@ -19,7 +19,7 @@ from xmodal.eval.metrics import DEFAULT_KS, rank_metrics
 from xmodal.eval.retrieval import RetrievalResult, evaluate_embedded
 from xmodal.library import Library, LibraryVectors
 from xmodal.progress import Progress
-from xmodal.search import CaptionCombine
+from xmodal.search import CaptionCombine, ScoreScales
 
 
 def library_dataset(
@@ -140,7 +140,8 @@ def evaluate_caption_combinations(
     """Which way of combining pixel and caption scores (`search.CaptionCombine`: "max", or a
     caption weight 0-1) finds the user's photos best from their captions, as `Library.search`
     scores them: a photo's caption score is its best caption vector (caption files' and embedded
-    descriptions' windows)."""
+    descriptions' windows), carried over to the pixel scale by the query's scores of every photo
+    and every caption of the gallery."""
     gallery = library.vectors(model)
     dataset, vectors = library_dataset(captions, gallery, library.folder)
     encoder = library.encoder(gallery.model.key)
@@ -165,10 +166,12 @@ def evaluate_caption_combinations(
     for i, block in enumerate(caption_vectors):
         if block is not None:
             caption_scores[:, i] = (queries @ block.T).max(axis=1)
+    every_caption = [b for b in caption_vectors if b is not None]
+    scales = ScoreScales.of(pixels, queries @ np.concatenate(every_caption).T) if every_caption else None
     results = []
     for spec in combines:
         combine = CaptionCombine.parse(spec)
-        results.append((str(combine), rank_metrics(combine.combine(pixels, caption_scores), positives, ks)))
+        results.append((str(combine), rank_metrics(combine.combine(pixels, caption_scores, scales), positives, ks)))
     return CombinationResult(
         gallery.model.name,
         len(keep),

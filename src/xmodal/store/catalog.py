@@ -518,6 +518,15 @@ class Catalog:
             ],
         )
 
+    def description_vectors(self, model_key: str, limit: int) -> np.ndarray:
+        """Up to `limit` vectors of the descriptions photos carry (their segments), float32 (n, D)."""
+        rows = self.conn.execute(
+            "SELECT s.vector FROM items i JOIN segments s ON s.content_hash = i.content_hash AND s.model_key = ? "
+            "WHERE i.status = 'ok' AND i.type = 'image' ORDER BY i.id LIMIT ?",
+            (model_key, int(limit)),
+        ).fetchall()
+        return _stack([(0, blob) for (blob,) in rows], self._dim(model_key, rows))[1]
+
     def changed_since(self, revision: int) -> np.ndarray:
         """Ids of rows written after `revision`."""
         rows = self.conn.execute("SELECT id FROM items WHERE revision > ? ORDER BY id", (revision,))
