@@ -59,6 +59,8 @@ class LibrarySample:
     captions: np.ndarray
 
     def scales(self, query: np.ndarray) -> ScoreScales | None:
+        if len(self.pixels) < 2 or len(self.captions) < 2:
+            return None  # too few to tell a spread
         return ScoreScales.of(self.pixels @ query, self.captions @ query)
 
 
@@ -70,7 +72,7 @@ def library_sample(catalog: Catalog, model_key: str, limit: int = SAMPLE) -> Lib
     _, captions = catalog.vectors(model_key, files)
     described = catalog.description_vectors(model_key, limit)
     parts = [v for v in (captions, described) if len(v)]
-    return LibrarySample(pixels, np.concatenate(parts) if parts else np.zeros((0, pixels.shape[1] or 1), np.float32))
+    return LibrarySample(pixels, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32))
 
 
 def _spread(ids: np.ndarray, limit: int) -> np.ndarray:
