@@ -85,11 +85,16 @@ def main() -> None:
     unrelated = unrelated_mask(records)
     t2i, t2t, i2i = first @ images.T, first @ second.T, copies @ images.T
     print(f"model {encoder.name} (family {encoder.family}), {len(records)} photos, CPU: {cpu_info().describe()}")
-    print("| pair | related median | related p5 | unrelated p99 | unrelated p99.9 | suggested | floor | related kept "
-          "| unrelated kept |")
+    print(
+        "| pair | related median | related p5 | unrelated p99 | unrelated p99.9 | suggested | floor | related kept "
+        "| unrelated kept |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, scores, pair in (("text -> image", t2i, ("text", "image")), ("text -> text", t2t, ("text", "text")),
-                               ("image -> image", i2i, ("image", "image"))):
+    for name, scores, pair in (
+        ("text -> image", t2i, ("text", "image")),
+        ("text -> text", t2t, ("text", "text")),
+        ("image -> image", i2i, ("image", "image")),
+    ):
         floor = pair_floor(encoder.name, encoder.family, *pair)
         print(row(name, np.diag(scores), scores[unrelated], floor))
 

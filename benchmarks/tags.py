@@ -30,7 +30,11 @@ from xmodal.machine import cpu_info
 
 VOCABULARY = {
     "groups": [
-        {"name": "colours", "labels": list(COLORS), "templates": ["a {} shape", "a picture of a {} shape", "there is a {} shape"]},
+        {
+            "name": "colours",
+            "labels": list(COLORS),
+            "templates": ["a {} shape", "a picture of a {} shape", "there is a {} shape"],
+        },
         {"name": "shapes", "labels": list(SHAPES), "templates": ["a {}", "a picture of a {}", "there is a {}"]},
     ]
 }

@@ -154,8 +154,24 @@ def test_ensemble_is_the_weighted_average_of_probabilities(clip_model_dir, tmp_p
         evaluate_ensemble(models, dataset, templates, [1])
     result = CliRunner().invoke(
         app,
-        ["zeroshot", "-q", "-m", str(clip_model_dir), "-m", "xmodal-tiny-shapes", "-d", str(tmp_path / "data"),
-         "--templates", "simple", "--ensemble", "--weights", "3,1", "--no-cache", "--out", str(tmp_path / "out")],
+        [
+            "zeroshot",
+            "-q",
+            "-m",
+            str(clip_model_dir),
+            "-m",
+            "xmodal-tiny-shapes",
+            "-d",
+            str(tmp_path / "data"),
+            "--templates",
+            "simple",
+            "--ensemble",
+            "--weights",
+            "3,1",
+            "--no-cache",
+            "--out",
+            str(tmp_path / "out"),
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["results"]

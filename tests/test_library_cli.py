@@ -45,7 +45,12 @@ def test_search_json_and_table(cli_library):
     assert {h["type"] for h in hits} == {"image"} and Path(hits[0]["path"]).is_file()
     (doc,) = json.loads(run(*search, "--type", "text"))["hits"]  # the corpus has one readable document
     assert doc["path"].endswith("notes.txt") and doc["snippet"] == "a text document"
-    assert doc["moments"][0] == {"start": 0, "end": 15, "score": doc["moments"][0]["score"], "snippet": "a text document"}
+    assert doc["moments"][0] == {
+        "start": 0,
+        "end": 15,
+        "score": doc["moments"][0]["score"],
+        "snippet": "a text document",
+    }
     ref = sorted(photos.rglob("*.jpg"))[0]
     (best,) = json.loads(run("search", "--image", ref, "--library", library, "-k", "1", "--json"))["hits"]
     assert best["path"] == str(ref)

@@ -131,7 +131,9 @@ def test_score_floor_gives_no_good_match(indexed):
     text = [QueryTerm("text", "a dog")]
     assert query_modality(text) == "text" and query_modality([QueryTerm("image", "x.jpg")]) == "image"
     assert query_modality([QueryTerm("item", "7")], {7: "text"}) == "text"
-    assert pair_floor("ViT-B-32", "clip", "text", "image") == 0.20 and pair_floor("x", "siglip", "text", "video") == 0.07
+    assert (
+        pair_floor("ViT-B-32", "clip", "text", "image") == 0.20 and pair_floor("x", "siglip", "text", "video") == 0.07
+    )
     assert pair_floor("ViT-B-32", "clip", "image", "text") == 0.20  # the same cosine, either way
     assert pair_floor("ViT-B-32", "clip", "image", "image") is None and pair_floor("x", "clip", "text", "text") is None
     assert pair_floor("my-model", "xmodal", "text", "image") is None

@@ -185,7 +185,10 @@ def test_eval_library_measures_the_combinations(mixed, tmp_path: Path):
     lib, records, photos, _, _ = mixed
     captions = tmp_path / "captions.jsonl"
     lines = [
-        {"path": str(photos / records[i]["filename"]), "captions": [written(records[i], 4), records[i]["sentences"][0]["raw"]]}
+        {
+            "path": str(photos / records[i]["filename"]),
+            "captions": [written(records[i], 4), records[i]["sentences"][0]["raw"]],
+        }
         for i in list(CAPTIONED) + list(range(50, 60))
     ]
     captions.write_text("\n".join(json.dumps(line) for line in lines) + "\n")

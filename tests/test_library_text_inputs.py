@@ -85,7 +85,10 @@ def test_each_bad_text_input_is_recorded_and_the_rest_indexed(tmp_path: Path, sm
         assert len(report.failed) == 4 and report.added == 7
         assert rows["legacy.txt"].details["encoding"] == "cp1252"
         assert rows["utf16.txt"].details["encoding"] == "utf-16-le"
-        assert (rows["german.md"].details["language"], rows["german.md"].details["language_source"]) == ("de", "detected")
+        assert (rows["german.md"].details["language"], rows["german.md"].details["language_source"]) == (
+            "de",
+            "detected",
+        )
         assert rows["declared.md"].details["language"] == "fr"
         languages = {text.split()[1]: language for text, language in embedder.languages.items()}
         assert (languages["Hund"], languages["title:"], languages["Holiday"]) == ("de", "fr", "en")
@@ -118,7 +121,9 @@ def test_no_text_and_text_extensions(tmp_path: Path):
     runner = CliRunner()
 
     def index(*flags):
-        result = runner.invoke(app, ["index", str(tree), "-l", str(tmp_path / "lib"), "-m", "xmodal-tiny-shapes", "-q", *flags])
+        result = runner.invoke(
+            app, ["index", str(tree), "-l", str(tmp_path / "lib"), "-m", "xmodal-tiny-shapes", "-q", *flags]
+        )
         assert result.exit_code == 0, result.output
         status = json.loads(runner.invoke(app, ["status", "-l", str(tmp_path / "lib"), "--json"]).output)
         return status["items"]

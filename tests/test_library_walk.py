@@ -45,7 +45,14 @@ def test_walk_finds_media_skips_hidden_and_excluded(tmp_path: Path):
     found = _names(walk_media([tmp_path], WalkOptions(exclude=("thumbs",))), tmp_path)
     assert found == {"a.jpg": "image", "sub/deeper/b.PNG": "image", "sub/v.mp4": "video", "sub/readme.txt": "text"}
     with_hidden = _names(walk_media([tmp_path], WalkOptions(include_hidden=True, exclude=("*/thumbs/*",))), tmp_path)
-    assert set(with_hidden) == {"a.jpg", "sub/deeper/b.PNG", "sub/v.mp4", "sub/readme.txt", ".hidden.jpg", ".cache/c.jpg"}
+    assert set(with_hidden) == {
+        "a.jpg",
+        "sub/deeper/b.PNG",
+        "sub/v.mp4",
+        "sub/readme.txt",
+        ".hidden.jpg",
+        ".cache/c.jpg",
+    }
     no_text = _names(walk_media([tmp_path], WalkOptions(exclude=("thumbs",), text_extensions=frozenset())), tmp_path)
     assert "sub/readme.txt" not in no_text and len(no_text) == 3
 

@@ -27,7 +27,11 @@ from xmodal.tags.calibrate import fit_mixture
 MODEL = "xmodal-tiny-shapes"
 VOCABULARY = {
     "groups": [
-        {"name": "colours", "labels": list(COLORS), "templates": ["a {} shape", "a picture of a {} shape", "there is a {} shape"]},
+        {
+            "name": "colours",
+            "labels": list(COLORS),
+            "templates": ["a {} shape", "a picture of a {} shape", "there is a {} shape"],
+        },
         {"name": "shapes", "labels": list(SHAPES), "templates": ["a {}", "a picture of a {}", "there is a {}"]},
     ]
 }
@@ -197,7 +201,10 @@ def test_kill_9_during_tagging_then_resume(shapes_library, tmp_path: Path):
     with Library(reference) as lib:
         lib.tag(vocabulary)
         expected = {(h, t.label): t.score for h, tags in _all_tags(lib).items() for t in tags}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(xmodal.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(xmodal.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    )
     command = [sys.executable, "-m", "xmodal", "tag", "-l", str(crashed), "--vocabulary", str(vocabulary)]
     command += ["--batch-size", "1", "--no-cache", "-q"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -20,7 +20,7 @@ from xmodal.errors import InvalidArgumentError, MediaError
 from xmodal.media.files import read_file
 from xmodal.media.formats import caption_key, text_extensions
 from xmodal.media.image import decode_image, embedded_description, probe_image
-from xmodal.media.text import decode_text, declared_language, detect_language, document_language
+from xmodal.media.text import declared_language, decode_text, detect_language, document_language
 from xmodal.models.tokenizer import clean_text, clean_with_positions
 
 XMP = (
@@ -92,7 +92,7 @@ def test_head_reads_are_bounded_and_cut_at_a_character(tmp_path: Path):
 
 def test_languages_declared_or_detected():
     assert declared_language("---\ntitle: Notizen\nlang: de\n---\nText") == "de"
-    assert declared_language("---\nlanguage: \"pt_BR\"\n---\n") == "pt-br"
+    assert declared_language('---\nlanguage: "pt_BR"\n---\n') == "pt-br"
     assert declared_language("no front matter\nlang: de") is None
     german = "Der Hund läuft am Strand entlang und spielt mit dem roten Ball im warmen Sand."
     assert detect_language(german) == "de" and document_language(german) == ("de", "detected")
@@ -130,7 +130,7 @@ def test_descriptions_embedded_in_photos(tmp_path: Path):
         found = decode_image(tmp_path / name).description
         assert (found.text, found.source, found.language) == ("Grandma at the lake", "xmp", None)
         assert probe_image((tmp_path / name).read_bytes()).description == found
-    (tmp_path / "iptc.jpg").write_bytes(_iptc_jpeg("Sommerfest im Garten".encode()))
+    (tmp_path / "iptc.jpg").write_bytes(_iptc_jpeg(b"Sommerfest im Garten"))
     found = decode_image(tmp_path / "iptc.jpg").description
     assert (found.text, found.source) == ("Sommerfest im Garten", "iptc")
     exif = img.getexif()
@@ -166,8 +166,8 @@ def test_window_spans_point_into_the_original_text():
     starts = [a for a, _ in windows.spans]
     assert starts == sorted(starts) and windows.spans[0][0] == 2  # leading whitespace skipped
     assert windows.spans[-1][1] == len(text.rstrip())
-    for (a, b), (next_a, _) in zip(windows.spans, windows.spans[1:]):
-        assert next_a < b  # windows overlap
+    for (_, end), (next_start, _) in zip(windows.spans, windows.spans[1:], strict=False):
+        assert next_start < end  # windows overlap
     for a, b in windows.spans:
         assert not text[a].isspace() and not text[b - 1].isspace()
     first = encoder.tokenizer.encode([" ".join(text[slice(*windows.spans[0])].split())]).ids[0]

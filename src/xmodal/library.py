@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from xmodal import settings
+from xmodal.captions import Candidate, LibrarySample, library_sample, scored_candidates
 from xmodal.errors import InvalidArgumentError, LibraryError, LibraryNotFoundError, ModelNotFoundError
 from xmodal.media.formats import TEXT_EXTENSIONS
 from xmodal.media.formats import text_extensions as text_extensions_of
@@ -39,7 +40,6 @@ from xmodal.media.walk import WalkOptions
 from xmodal.models import load_model
 from xmodal.models.embedder import Embedder
 from xmodal.progress import Progress
-from xmodal.captions import Candidate, LibrarySample, library_sample, scored_candidates
 from xmodal.search import (
     CaptionCombine,
     Hit,
@@ -325,7 +325,9 @@ class Library:
             return {
                 "run": {
                     "id": run.id,
-                    "model": catalog.model(run.model_key).name if _known_model(catalog, run.model_key) else run.model_key,
+                    "model": catalog.model(run.model_key).name
+                    if _known_model(catalog, run.model_key)
+                    else run.model_key,
                     "model_key": run.model_key,
                     "vocabulary": run.vocabulary.get("source"),
                     "labels": sum(len(g["labels"]) for g in run.vocabulary.get("groups", [])),

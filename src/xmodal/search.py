@@ -314,7 +314,9 @@ def parse_min_score(text: str | None) -> MinScore:
             kind, _, value = part.partition("=")
             out[kind.strip()] = float(value)
     except ValueError:
-        raise InvalidArgumentError("--min-score", text, "a cosine such as 0.25, or per type: text=0.6,image=0.2") from None
+        raise InvalidArgumentError(
+            "--min-score", text, "a cosine such as 0.25, or per type: text=0.6,image=0.2"
+        ) from None
     for kind in out:
         if kind not in MODALITIES:
             raise InvalidArgumentError("--min-score type", kind, tuple(MODALITIES))
@@ -377,9 +379,7 @@ class CaptionCombine:
     def __str__(self) -> str:
         return "max" if self.weight is None else f"{self.weight:g}"
 
-    def combine(
-        self, pixels: np.ndarray, captions: np.ndarray, scales: ScoreScales | None = None
-    ) -> np.ndarray:
+    def combine(self, pixels: np.ndarray, captions: np.ndarray, scales: ScoreScales | None = None) -> np.ndarray:
         """Scores from pixel scores and caption scores (NaN where a photo has no caption), the
         captions carried over to the pixel scale by `scales` first (module docstring)."""
         pixels = np.asarray(pixels, dtype=np.float64)

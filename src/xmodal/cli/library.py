@@ -154,7 +154,9 @@ def search(
     after: str = typer.Option(None, "--after", help="Taken at or after this date (2024, 2024-06, 2024-06-30)."),
     before: str = typer.Option(None, "--before", help="Taken before this date."),
     path_glob: str = typer.Option(None, "--path", help="Only paths matching this glob (e.g. '*/2023/*')."),
-    tag: list[str] = typer.Option([], "--tag", help="Only items carrying this zero-shot tag (repeatable: all of them)."),
+    tag: list[str] = typer.Option(
+        [], "--tag", help="Only items carrying this zero-shot tag (repeatable: all of them)."
+    ),
     decay_days: float = typer.Option(
         None, "--decay-days", help="Favour recent items: each score times exp(-age in days / DAYS)."
     ),

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal.captions import is_caption_file, photo_caption_vectors
 from xmodal.errors import DatasetFormatError
 from xmodal.eval.cache import EmbeddingCache
 from xmodal.eval.datasets.base import RetrievalDataset
-from xmodal.captions import is_caption_file, photo_caption_vectors
 from xmodal.eval.embedding import embed_texts
 from xmodal.eval.metrics import DEFAULT_KS, rank_metrics
 from xmodal.eval.retrieval import RetrievalResult, evaluate_embedded

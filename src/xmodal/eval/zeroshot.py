@@ -159,7 +159,16 @@ def evaluate_ensemble(
         scores, failures = zeroshot_scores(
             encoder, dataset, templates, language=language, cache=cache, progress=progress, batch_size=batch_size
         )
-        results.append(_result(_Member(encoder.name, encoder.model_key, encoder.precision), dataset, len(templates), scores, failures, began))
+        results.append(
+            _result(
+                _Member(encoder.name, encoder.model_key, encoder.precision),
+                dataset,
+                len(templates),
+                scores,
+                failures,
+                began,
+            )
+        )
         logits = ENSEMBLE_LOGIT_SCALE * (scores - scores.max(axis=1, keepdims=True))
         probabilities.append(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True))
         failed |= failures

@@ -88,7 +88,9 @@ def read_file(
                 raise MediaError(path, "empty file (0 bytes)")
             data = b"".join(chunks) if keep else None
             truncated = after.st_size > total
-            return FileContent(data, hasher.hexdigest() if hasher else None, after.st_size, after.st_mtime_ns, truncated)
+            return FileContent(
+                data, hasher.hexdigest() if hasher else None, after.st_size, after.st_mtime_ns, truncated
+            )
         time.sleep(0.05)
     raise MediaError(path, "file kept changing while being read (still being written?)")
 

@@ -88,7 +88,9 @@ def text_extensions(given: Iterable[str]) -> frozenset[str]:
         ext = raw.strip().lower()
         ext = ext if ext.startswith(".") else "." + ext
         if len(ext) < 2 or os.sep in ext or ext in VIDEO_EXTENSIONS or ext in image_extensions():
-            raise InvalidArgumentError("--text-ext", raw, "a file extension such as .txt, .md or .org (not a media one)")
+            raise InvalidArgumentError(
+                "--text-ext", raw, "a file extension such as .txt, .md or .org (not a media one)"
+            )
         out.add(ext)
     return frozenset(out)
 

@@ -48,7 +48,9 @@ _BOMS = (
 )
 _ALLOWED_CONTROLS = frozenset("\t\n\r\f\v\x1b")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL)
-_LANG_LINE = re.compile(r"^(?:lang|language)[ \t]*:[ \t]*[\"']?([A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,4})?)[\"']?[ \t]*$", re.M)
+_LANG_LINE = re.compile(
+    r"^(?:lang|language)[ \t]*:[ \t]*[\"']?([A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,4})?)[\"']?[ \t]*$", re.M
+)
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,9 @@ class TextTokenizer:
 def concat_batches(batches: list[TokenBatch]) -> TokenBatch:
     """One batch of the rows of several (windows of many documents embedded in one model call)."""
     spans = [span for b in batches for span in (b.spans or [(0, 0)] * len(b))]
-    return TokenBatch(np.concatenate([b.ids for b in batches]), np.concatenate([b.attention_mask for b in batches]), spans)
+    return TokenBatch(
+        np.concatenate([b.ids for b in batches]), np.concatenate([b.attention_mask for b in batches]), spans
+    )
 
 
 def known_language(language: str | None) -> str | None:

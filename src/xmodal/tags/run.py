@@ -163,7 +163,9 @@ def tag_library(
     return report
 
 
-def prompt_vectors(encoder: Embedder, vocabulary: Vocabulary, cache=None, progress: Progress | None = None) -> np.ndarray:
+def prompt_vectors(
+    encoder: Embedder, vocabulary: Vocabulary, cache=None, progress: Progress | None = None
+) -> np.ndarray:
     """(labels, D) unit rows: per label, the mean of its group's prompt embeddings (CLIP's way)."""
     from xmodal.eval.zeroshot import class_embeddings
 

@@ -71,7 +71,9 @@ class Vocabulary:
 def default_vocabulary(templates: str | Path | None = None) -> Vocabulary:
     """The shipped vocabulary (see the module docstring); `templates` replaces every group's."""
     data = json.loads(resources.files("xmodal.data").joinpath("tag_vocabulary.json").read_text(encoding="utf-8"))
-    return _vocabulary(data, "xmodal default (ImageNet classes, scenes and events)", Path("tag_vocabulary.json"), templates)
+    return _vocabulary(
+        data, "xmodal default (ImageNet classes, scenes and events)", Path("tag_vocabulary.json"), templates
+    )
 
 
 def load_vocabulary(
