@@ -73,15 +73,15 @@ def table(results: SearchResults, width: int) -> str:
 
 
 def tsv(results: SearchResults) -> str:
-    """Tab-separated with a header; paths are display paths (control characters escaped)."""
-    lines = ["rank\tscore\titem_id\ttype\ttaken_at\ttimestamp\tpath\twords"]
+    """Tab-separated with a header; paths are display paths (control characters escaped); a last
+    column `words` (a document's matched window, a photo's caption) when any hit has them."""
+    with_words = any(words(hit) for hit in results)
+    lines = ["rank\tscore\titem_id\ttype\ttaken_at\ttimestamp\tpath" + ("\twords" if with_words else "")]
     for hit in results:
         d = hit.to_dict()
         timestamp = "" if d["timestamp"] is None else f"{d['timestamp']:.3f}"
-        text = " ".join(display_path(words(hit)).split())
-        lines.append(
-            f"{hit.rank}\t{d['score']}\t{hit.item_id}\t{hit.type}\t{d['taken_at'] or ''}\t{timestamp}\t{d['path']}\t{text}"
-        )
+        line = f"{hit.rank}\t{d['score']}\t{hit.item_id}\t{hit.type}\t{d['taken_at'] or ''}\t{timestamp}\t{d['path']}"
+        lines.append(line + (f"\t{' '.join(display_path(words(hit)).split())}" if with_words else ""))
     return "\n".join(lines)
 
 
