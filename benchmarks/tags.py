@@ -23,21 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from xmodal.datasets.shapes import COLORS, SHAPES
+from xmodal.datasets.shapes import tag_vocabulary
 from xmodal.datasets.synth_shapes import SynthConfig, generate_synth_shapes
 from xmodal.library import Library
 from xmodal.machine import cpu_info
 
-VOCABULARY = {
-    "groups": [
-        {
-            "name": "colours",
-            "labels": list(COLORS),
-            "templates": ["a {} shape", "a picture of a {} shape", "there is a {} shape"],
-        },
-        {"name": "shapes", "labels": list(SHAPES), "templates": ["a {}", "a picture of a {}", "there is a {}"]},
-    ]
-}
+VOCABULARY = tag_vocabulary()
 RUNS = [("auto", 0.8), ("auto", 0.9), ("auto", 0.95), ("off", None), ("0.2", None), ("0.3", None)]
 
 

@@ -216,3 +216,26 @@ def test_caption_links_follow_the_files(mixed, tmp_path: Path):
         other.index(model=MODEL)
         hit = next(h for h in other.search(records[0]["sentences"][0]["raw"], k=60, type="image") if stem in h.path)
         assert hit.caption is None
+
+
+def test_eval_library_combine_command(mixed, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    lib, records, photos, _, _ = mixed
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(
+        "\n".join(
+            json.dumps({"path": str(photos / records[i]["filename"]), "captions": [written(records[i], 6)]})
+            for i in CAPTIONED
+        )
+        + "\n"
+    )
+    out = tmp_path / "out"
+    args = ["eval", "--library", str(lib.folder), "--captions", str(captions), "--combine", "0", "--combine", "max"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "-q", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    table = (out / "combinations.md").read_text()
+    assert "20 queries over 60 photos (20 with a caption)" in table and "| 0 |" in table and "| max |" in table
+    assert (out / "results.md").is_file()  # the library's own benchmark as before

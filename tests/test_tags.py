@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import xmodal
-from xmodal.datasets.shapes import COLORS, SHAPES
+from xmodal.datasets.shapes import COLORS, SHAPES, tag_vocabulary
 from xmodal.datasets.synth_shapes import SynthConfig, generate_synth_shapes
 from xmodal.errors import DatasetFormatError, InvalidArgumentError
 from xmodal.library import Library
@@ -25,16 +25,7 @@ from xmodal.tags import calibrate, default_vocabulary, load_vocabulary
 from xmodal.tags.calibrate import fit_mixture
 
 MODEL = "xmodal-tiny-shapes"
-VOCABULARY = {
-    "groups": [
-        {
-            "name": "colours",
-            "labels": list(COLORS),
-            "templates": ["a {} shape", "a picture of a {} shape", "there is a {} shape"],
-        },
-        {"name": "shapes", "labels": list(SHAPES), "templates": ["a {}", "a picture of a {}", "there is a {}"]},
-    ]
-}
+VOCABULARY = tag_vocabulary()
 
 
 @pytest.fixture(scope="module")

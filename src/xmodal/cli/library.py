@@ -263,6 +263,12 @@ def status(
             f"index {idx['spec'] or idx['setting']} of {idx['size']} ({state})"
             + (f", {idx['search_params']}" if idx["search_params"] else "")
         )
+    tags = info.get("tags")
+    if tags:
+        state = "" if tags["finished"] and not tags["untagged"] else f"; {tags['untagged']} not tagged yet (xmodal tag)"
+        say(
+            f"  tags: {tags['tags']} on {tags['tagged']} photos, {tags['labels_given']} labels ({tags['threshold']}){state}"
+        )
     if errors and not failures:
         say("no failed files")
     for path, reason in failures:
