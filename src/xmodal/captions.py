@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from xmodal.media.formats import CAPTION_EXTENSIONS, extension
+from xmodal.media.formats import CAPTION_EXTENSIONS, caption_key, extension
 from xmodal.search import CaptionCombine, CaptionMatch, Moment, ScoreScales
 from xmodal.store.catalog import Catalog, ItemRecord, entry_items
 
@@ -52,27 +52,42 @@ SAMPLE = 1000  # photos and captions whose scores give a query's two scales
 
 @dataclass(frozen=True)
 class LibrarySample:
-    """Vectors of up to SAMPLE photos (pixels) and SAMPLE captions (caption files, descriptions
-    in photos), spread evenly over the library: where a query's two score scales are read."""
+    """What a search reads of the whole library, once per catalog revision: vectors of up to
+    SAMPLE photos (pixels) and SAMPLE captions (caption files, descriptions in photos), spread
+    evenly over the library, where a query's two score scales are read; and every caption file by
+    its caption key."""
 
     pixels: np.ndarray
     captions: np.ndarray
+    caption_files: dict[str, list[ItemRecord]]
 
     def scales(self, query: np.ndarray) -> ScoreScales | None:
         if len(self.pixels) < 2 or len(self.captions) < 2:
             return None  # too few to tell a spread
         return ScoreScales.of(self.pixels @ query, self.captions @ query)
 
+    def files_of(self, photo: ItemRecord) -> list[ItemRecord]:
+        """The caption files beside a photo."""
+        key = caption_key(photo.path)
+        return self.caption_files.get(key, []) if key is not None else []
+
+    @property
+    def caption_file_ids(self) -> np.ndarray:
+        return np.sort(np.asarray([r.id for rows in self.caption_files.values() for r in rows], dtype=np.int64))
+
 
 def library_sample(catalog: Catalog, model_key: str, limit: int = SAMPLE) -> LibrarySample:
     """The sample of a library for one model (call inside `catalog.read()`)."""
+    files: dict[str, list[ItemRecord]] = {}
+    for row in catalog.caption_files():
+        files.setdefault(caption_key(row.path) or "", []).append(row)
     photos = _spread(catalog.filtered_ids(type="image", model_key=model_key), limit)
-    files = _spread(catalog.caption_file_ids(), limit)
     _, pixels = catalog.vectors(model_key, photos)
-    _, captions = catalog.vectors(model_key, files)
+    file_ids = np.sort(np.asarray([r.id for rows in files.values() for r in rows], dtype=np.int64))
+    _, captions = catalog.vectors(model_key, _spread(file_ids, limit))
     described = catalog.description_vectors(model_key, limit)
     parts = [v for v in (captions, described) if len(v)]
-    return LibrarySample(pixels, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32))
+    return LibrarySample(pixels, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32), files)
 
 
 def _spread(ids: np.ndarray, limit: int) -> np.ndarray:
@@ -84,6 +99,45 @@ def is_caption_file(row: ItemRecord) -> bool:
     return row.type == "text" and extension(row.path) in CAPTION_EXTENSIONS
 
 
+class _Vectors:
+    """Own vectors and segments of a set of contents, read in two queries."""
+
+    def __init__(self, catalog: Catalog, model_key: str, hashes: set[str]):
+        self.own = catalog.embeddings.get_many(model_key, sorted(hashes))
+        self.segments = catalog.segments_of(model_key, sorted(hashes))
+
+    def best_parts(self, digest: str | None, query: np.ndarray, n: int) -> tuple[Moment, ...]:
+        segments = self.segments.get(digest or "", [])
+        if not segments or n < 1:
+            return ()
+        scores = np.stack([s.vector for s in segments]) @ query
+        top = np.argsort(-scores, kind="stable")[:n]
+        return tuple(Moment(segments[i].start, segments[i].end, float(scores[i]), segments[i].text) for i in top)
+
+    def scored(self, row: ItemRecord, query: np.ndarray, n: int) -> Candidate | None:
+        """A document or video by the best of its own vector and its segments."""
+        own = self.own.get(row.content_hash or "")
+        if own is None:
+            return None
+        parts = self.best_parts(row.content_hash, query, max(n, 1))
+        best = max([float(own @ query)] + [p.score for p in parts[:1]])
+        return Candidate(row, best, parts[:n])
+
+    def best_caption(self, photo: ItemRecord, files: list[ItemRecord], query: np.ndarray) -> CaptionMatch | None:
+        """The photo's best-scoring caption: its own description or one of its caption files."""
+        matches = []
+        described = self.best_parts(photo.content_hash, query, 1)
+        if described:
+            matches.append(CaptionMatch(None, None, described[0].score, described[0]))
+        for row in files:
+            scored = self.scored(row, query, 1)
+            if scored is not None:
+                matches.append(
+                    CaptionMatch(row.id, row.path, scored.similarity, scored.parts[0] if scored.parts else None)
+                )
+        return max(matches, key=lambda m: m.score) if matches else None
+
+
 def scored_candidates(
     catalog: Catalog,
     model_key: str,
@@ -92,11 +146,11 @@ def scored_candidates(
     visible: set[int] | None,
     combine: CaptionCombine,
     moments: int,
-    sample: LibrarySample | None = None,
+    sample: LibrarySample,
 ) -> list[Candidate]:
     """One candidate per visible item the entries name, or whose caption file they name (call
-    inside `catalog.read()`); `visible` None lets every item through; `sample` gives the scales
-    caption scores are carried over with (none: raw caption scores)."""
+    inside `catalog.read()`); `visible` None lets every item through; `sample` gives the caption
+    files and the scales caption scores are carried over with."""
     query = np.asarray(query, dtype=np.float32)
     found = catalog.items_by_id(np.unique(entry_items(entries)).tolist())
     shown = [r for r in found.values() if visible is None or r.id in visible]
@@ -106,46 +160,27 @@ def scored_candidates(
             for photo in catalog.caption_group(row.path):
                 if photo.type == "image" and (visible is None or photo.id in visible):
                     photos.setdefault(photo.id, photo)
-    scales = sample.scales(query) if sample is not None else None
-    out = [_scored_photos(catalog, model_key, query, list(photos.values()), combine, scales)]
+    files = {p.id: [f for f in sample.files_of(p) if f.content_hash] for p in photos.values()}
     others = [r for r in shown if r.type != "image" and r.content_hash]
-    out.append([_scored_item(catalog, model_key, query, row, moments) for row in others])
-    return [c for group in out for c in group if c is not None]
-
-
-def _scored_item(catalog: Catalog, model_key: str, query: np.ndarray, row: ItemRecord, n: int) -> Candidate | None:
-    """A document or video by the best of its own vector and its segments."""
-    own = catalog.embeddings.get_many(model_key, [row.content_hash]).get(row.content_hash)
-    if own is None:
-        return None
-    parts = _best_parts(catalog, model_key, row, query, max(n, 1))
-    best = max([float(own @ query)] + [p.score for p in parts[:1]])
-    return Candidate(row, best, parts[:n])
-
-
-def _best_parts(catalog: Catalog, model_key: str, row: ItemRecord, query: np.ndarray, n: int) -> tuple[Moment, ...]:
-    segments = catalog.segments(model_key, row.content_hash) if row.content_hash else []
-    if not segments:
-        return ()
-    scores = np.stack([s.vector for s in segments]) @ query
-    top = np.argsort(-scores, kind="stable")[:n]
-    return tuple(Moment(segments[i].start, segments[i].end, float(scores[i]), segments[i].text) for i in top)
+    hashes = {r.content_hash for r in [*photos.values(), *others, *(f for fs in files.values() for f in fs)]}
+    vectors = _Vectors(catalog, model_key, {h for h in hashes if h})
+    out = _scored_photos(vectors, query, list(photos.values()), files, combine, sample.scales(query))
+    return out + [c for c in (vectors.scored(row, query, moments) for row in others) if c is not None]
 
 
 def _scored_photos(
-    catalog: Catalog,
-    model_key: str,
+    vectors: _Vectors,
     query: np.ndarray,
     photos: list[ItemRecord],
+    files: dict[int, list[ItemRecord]],
     combine: CaptionCombine,
     scales: ScoreScales | None,
 ) -> list[Candidate]:
-    own = catalog.embeddings.get_many(model_key, [p.content_hash for p in photos if p.content_hash])
-    photos = [p for p in photos if p.content_hash in own]
+    photos = [p for p in photos if p.content_hash in vectors.own]
     if not photos:
         return []
-    pixels = np.asarray([float(own[p.content_hash] @ query) for p in photos])
-    captions = [best_caption(catalog, model_key, p, query) for p in photos]
+    pixels = np.asarray([float(vectors.own[p.content_hash] @ query) for p in photos])
+    captions = [vectors.best_caption(p, files[p.id], query) for p in photos]
     caption_scores = np.asarray([np.nan if c is None else c.score for c in captions])
     scores = combine.combine(pixels, caption_scores, scales)
     scaled = scales.to_pixels(caption_scores) if scales is not None else caption_scores
@@ -153,21 +188,6 @@ def _scored_photos(
         Candidate(photo, float(score), (), float(pixel), caption and replace(caption, scaled=float(carried)))
         for photo, score, pixel, caption, carried in zip(photos, scores, pixels, captions, scaled, strict=True)
     ]
-
-
-def best_caption(catalog: Catalog, model_key: str, photo: ItemRecord, query: np.ndarray) -> CaptionMatch | None:
-    """The photo's best-scoring caption for the query: its own description or a caption file."""
-    matches = []
-    described = _best_parts(catalog, model_key, photo, query, 1)
-    if described:
-        matches.append(CaptionMatch(None, None, described[0].score, described[0]))
-    for row in catalog.caption_group(photo.path):
-        if not is_caption_file(row) or not row.content_hash:
-            continue
-        scored = _scored_item(catalog, model_key, query, row, 1)
-        if scored is not None:
-            matches.append(CaptionMatch(row.id, row.path, scored.similarity, scored.parts[0] if scored.parts else None))
-    return max(matches, key=lambda m: m.score) if matches else None
 
 
 def photo_caption_vectors(catalog: Catalog, model_key: str, photo: ItemRecord) -> np.ndarray | None:

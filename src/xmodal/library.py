@@ -390,13 +390,13 @@ class Library:
             allowed = self._allowed(catalog, record.key, types, after, before, path_glob, tags)
             if len(snapshot) == 0 or (allowed is not None and len(allowed) == 0):
                 return SearchResults([], floors.get("image"), None, record.name, floors)
+            sample = self._sample(catalog, record.key)
             searched = allowed
             if allowed is not None and (types is None or "image" in types):  # photos are found by their captions too
-                searched = np.union1d(allowed, catalog.caption_file_ids())
+                searched = np.union1d(allowed, sample.caption_file_ids)
             visible = None if allowed is None else set(allowed.tolist())
             wanted = candidates_for(k, decay_days is not None)
             fetch = min(len(snapshot), wanted)
-            sample = self._sample(catalog, record.key)
             while True:
                 _, entries = snapshot.search(vector, fetch, searched)
                 candidates = scored_candidates(catalog, record.key, vector, entries, visible, combine, moments, sample)

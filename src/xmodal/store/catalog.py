@@ -362,11 +362,10 @@ class Catalog:
         )
         return [r for r in map(ItemRecord.from_row, rows) if caption_key(r.path) == key]
 
-    def caption_file_ids(self) -> np.ndarray:
-        """Ids of indexed text items named like caption files (.txt, .caption), sorted."""
-        rows = self.conn.execute("SELECT id, path FROM items WHERE status = 'ok' AND type = 'text' ORDER BY id")
-        ids = [i for i, raw in rows if extension(decode_path(raw)) in CAPTION_EXTENSIONS]
-        return np.asarray(ids, dtype=np.int64)
+    def caption_files(self) -> list[ItemRecord]:
+        """Indexed text items named like caption files (.txt, .caption), by id."""
+        rows = self.conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE status = 'ok' AND type = 'text' ORDER BY id")
+        return [r for r in map(ItemRecord.from_row, rows) if extension(r.path) in CAPTION_EXTENSIONS]
 
     def item_by_path(self, path: str) -> ItemRecord | None:
         row = self.conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ?", (encode_path(path),)).fetchone()
@@ -495,6 +494,20 @@ class Catalog:
             (model_key, content_hash),
         )
         return [Segment(a, b, np.frombuffer(v, dtype=np.float32), t) for a, b, v, t in rows]
+
+    def segments_of(self, model_key: str, hashes: Iterable[str]) -> dict[str, list[Segment]]:
+        """The segments of several contents (those that have any), each in order."""
+        out: dict[str, list[Segment]] = {}
+        rows = select_in(
+            self.conn,
+            "SELECT content_hash, ordinal, span_start, span_end, vector, text FROM segments "
+            "WHERE model_key = ? AND content_hash IN ({marks})",
+            hashes,
+            (model_key,),
+        )
+        for digest, _, a, b, v, t in sorted(rows, key=lambda r: (r[0], r[1])):
+            out.setdefault(digest, []).append(Segment(a, b, np.frombuffer(v, dtype=np.float32), t))
+        return out
 
     def put_segments(self, model_key: str, content_hash: str, segments: Sequence[Segment]) -> None:
         """Replace the segments of one content (call inside `transaction()`)."""
