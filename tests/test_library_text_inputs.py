@@ -136,3 +136,56 @@ def test_no_text_and_text_extensions(tmp_path: Path):
         assert names == {"notes.org", "readme.md"}
     bad = runner.invoke(app, ["index", str(tree), "-l", str(tmp_path / "lib"), "--text-ext", ".jpg", "-q"])
     assert bad.exit_code != 0 and "invalid --text-ext '.jpg'" in str(bad.exception)
+
+
+def test_kill_9_while_indexing_documents_then_resume(tmp_path: Path):
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    import xmodal
+
+    tree = tmp_path / "docs"
+    tree.mkdir()
+    colours, shapes = ["red", "blue", "green", "pink"], ["circle", "square", "star", "cross"]
+    for i in range(200):
+        words = [f"a {colours[(i + j) % 4]} {shapes[(i * 3 + j) % 4]} at the top" for j in range(1 + i % 9)]
+        (tree / f"note{i:03d}.md").write_text(" and ".join(words) + f" ({i})\n")
+    library = tmp_path / "lib"
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(xmodal.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    )
+    command = [sys.executable, "-m", "xmodal", "index", str(tree), "-l", str(library), "-m", "xmodal-tiny-shapes"]
+    proc = subprocess.Popen([*command, "-q", "--batch-size", "1", "--workers", "1"], env=env, stderr=subprocess.PIPE)
+
+    def committed() -> int:
+        try:
+            with sqlite3.connect(f"file:{library / 'catalog.sqlite'}?mode=ro", uri=True, timeout=5) as conn:
+                return conn.execute("SELECT COUNT(*) FROM items WHERE status = 'ok'").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and committed() < 20:
+        time.sleep(0.005)
+    if proc.poll() is not None:
+        pytest.fail(f"indexing ended before the kill: {proc.stderr.read().decode()[-2000:]}")
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    done = committed()
+    assert 20 <= done < 200
+    with Library(library) as lib:
+        report = lib.index([tree])
+        assert (report.added, report.unchanged, report.failed) == (200 - done, done, [])
+        assert report.encoded == 200 - done  # nothing committed is embedded again
+        key = lib.catalog.models()[0].key
+        rows = lib.catalog.items_under([str(tree)])
+        assert len(rows) == 200 and all(r.status == "ok" and r.type == "text" for r in rows.values())
+        for row in rows.values():  # every document with its vector and its windows
+            assert lib.catalog.embeddings.get_many(key, [row.content_hash])
+            assert lib.catalog.segments(key, row.content_hash)
+        assert len(lib.search("a red circle", k=500, min_score=-1)) == 200
