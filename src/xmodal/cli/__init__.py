@@ -19,13 +19,14 @@ from xmodal.cli import library as library_cli
 from xmodal.cli import models as models_cli
 from xmodal.cli import serve as serve_cli
 from xmodal.cli import signals
+from xmodal.cli import tags as tags_cli
 from xmodal.cli import train as train_cli
 from xmodal.cli.console import error, flag
 from xmodal.errors import LibraryBusyError, XmodalError
 
 app = typer.Typer(
     name="xmodal",
-    help="Cross-modal retrieval: search photos and videos by text or image, benchmark, train and serve CLIP-family models.",
+    help="Cross-modal retrieval: search photos, videos and documents by text or image, tag photos, benchmark, train and serve CLIP-family models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -36,6 +37,8 @@ app.command("index")(library_cli.index)
 app.command("search")(library_cli.search)
 app.command("status")(library_cli.status)
 app.command("prune")(library_cli.prune)
+app.command("tag")(tags_cli.tag)
+app.add_typer(tags_cli.app, name="tags")
 app.add_typer(datasets_cli.app, name="datasets")
 app.command("eval")(eval_cli.evaluate)
 app.command("zeroshot")(eval_cli.zeroshot)

@@ -146,6 +146,12 @@ def evaluate(
         metavar="FILE",
         help="With --library: JSONL/CSV of path + captions for some of its files; the rest are distractors.",
     ),
+    combine: list[str] = typer.Option(
+        None,
+        "--combine",
+        help="With --library: also compare ways to combine a photo's pixel and caption scores "
+        "(max, or the caption's weight 0-1; repeatable).",
+    ),
     split: str = typer.Option(
         "test", metavar="NAME", help="Split to evaluate (test, val, train; MUGE: valid); 'all' for every record."
     ),
@@ -220,6 +226,8 @@ def evaluate(
         settings |= {"cache": cache, "progress": progress}
         if library is not None:
             results, failed = _run_library(library, captions, model, options, language, settings)
+            if combine:
+                _compare_combinations(library, captions, model, options, language, combine, cache, folder)
         else:
             settings |= {"frames": frames, "batch_size": batch_size}
             results, failed = _run_datasets(dataset, model, options, precision, language, settings, runtime)
@@ -311,6 +319,45 @@ def _run_library(
     return results, failed
 
 
+def _zeroshot_ensemble(models: list[str], precision, data, prompts, weights, options: dict) -> tuple[list, bool]:
+    """Every model's result and the ensemble's (all the models must load)."""
+    from xmodal import load_model
+    from xmodal.eval.zeroshot import evaluate_ensemble
+
+    encoders = []
+    for name in models:
+        try:
+            encoders.append(load_model(name, precision=precision))
+        except XmodalError as exc:
+            error(str(exc), "--model")
+            return [], True
+    try:
+        return evaluate_ensemble(encoders, data, prompts, weights, **options), False
+    except XmodalError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--weights") from None
+
+
+def _compare_combinations(folder: Path, captions: str, models, options, language, combine, cache, out: Path) -> None:
+    """Text -> photo metrics of the library for each --combine, printed and written to OUT/combinations.md."""
+    from dataclasses import replace
+
+    from xmodal.eval.datasets import read_dataset
+    from xmodal.eval.library import evaluate_caption_combinations
+    from xmodal.library import Library
+
+    with Library(folder) as lib:
+        data = read_dataset(captions, options)
+        data = replace(data, language=language or data.language)
+        tables = [
+            evaluate_caption_combinations(lib, data, combine, model=name, cache=cache).markdown()
+            for name in models or [lib.catalog.models()[0].key]
+        ]
+    text = "\n\n".join(tables)
+    say(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "combinations.md").write_text(text + "\n")
+
+
 def zeroshot(
     model: list[str] = typer.Option(
         ..., "--model", "-m", metavar="NAME", help="Model name or folder; repeat to compare models."
@@ -337,6 +384,12 @@ def zeroshot(
         help="Folder for results, per-class tables and confusion matrices (default: ./xmodal-zeroshot-DATE-TIME).",
     ),
     force: bool = FORCE_OPTION,
+    ensemble: bool = flag(
+        "Also score the models as one: the weighted average of their class probabilities.", "--ensemble"
+    ),
+    weights: str = typer.Option(
+        None, metavar="LIST", help="With --ensemble: one weight per model, comma-separated (default equal)."
+    ),
     precision: Precision = PRECISION_OPTION,
     no_cache: bool = NO_CACHE_OPTION,
     cache_file: Path = CACHE_FILE_OPTION,
@@ -355,6 +408,14 @@ def zeroshot(
     from xmodal.eval.report import write_zeroshot_results, zeroshot_report_markdown
     from xmodal.eval.zeroshot import evaluate_zeroshot, load_templates
 
+    if (ensemble or weights) and len(model) < 2:
+        raise typer.BadParameter("an ensemble needs two or more models", param_hint="--ensemble")
+    if weights and not ensemble:
+        raise typer.BadParameter("goes with --ensemble", param_hint="--weights")
+    try:
+        shares = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise typer.BadParameter(f"{weights!r}: numbers separated by commas", param_hint="--weights") from None
     try:
         data = read_classification(dataset, classnames=classnames, limit=limit, strict=strict)
     except XmodalError as exc:
@@ -365,17 +426,15 @@ def zeroshot(
         raise typer.BadParameter(str(exc), param_hint="--templates") from None
     folder, made = _out_folder(out, "xmodal-zeroshot", force)
     say(data.describe())
+    options = {"language": language, "batch_size": batch_size}
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
-        results, failed = _each_model(
-            model,
-            precision,
-            lambda encoder: [
-                evaluate_zeroshot(
-                    encoder, data, prompts, language=language, cache=cache, progress=progress, batch_size=batch_size
-                )
-            ],
-            runtime,
-        )
+        options |= {"cache": cache, "progress": progress}
+        if ensemble:
+            results, failed = _zeroshot_ensemble(model, precision, data, prompts, shares, options)
+        else:
+            results, failed = _each_model(
+                model, precision, lambda encoder: [evaluate_zeroshot(encoder, data, prompts, **options)], runtime
+            )
     if results:
         unit = "percent" if percent else "fraction"
         paths = write_zeroshot_results(results, folder, unit)
