@@ -12,7 +12,7 @@ from xmodal.datasets import ANNOTATIONS, SynthConfig, generate_synth_shapes
 from xmodal.datasets.shapes import TERSE_POSITIONS
 from xmodal.errors import InvalidArgumentError
 from xmodal.eval import ReadOptions, read_dataset
-from xmodal.media.video import sample_frames
+from xmodal.media.video import FramePolicy, open_video
 
 
 def _files(folder):
@@ -50,7 +50,7 @@ def test_videos_decode_and_are_listed_with_motion_captions(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "videos.jsonl").read_text().splitlines()]
     assert len(records) == 3
     for record in records:
-        frames = sample_frames(tmp_path / record["path"], 4)
+        frames = [f.image for f in open_video(tmp_path / record["path"]).frames(FramePolicy.uniform(4))]
         assert len(frames) == 4 and frames[0].size == (128, 128)
         first, last = (np.asarray(f, dtype=np.float32) for f in (frames[0], frames[-1]))
         assert np.abs(first - last).mean() > 1  # the shape moved or changed size
