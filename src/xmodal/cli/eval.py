@@ -115,7 +115,13 @@ def evaluate(
     precision: str = PRECISION_OPTION,
     no_cache: bool = NO_CACHE_OPTION,
     cache_file: Path = CACHE_FILE_OPTION,
-    frames: int = typer.Option(8, min=1, help="Frames sampled uniformly per video (their embeddings are averaged)."),
+    frames: int = typer.Option(12, min=1, help="Frames sampled uniformly per video for --pooling uniform."),
+    pooling: str = typer.Option(
+        "uniform",
+        help="How a video is scored, comma-separated to compare several in one report: uniform (mean of "
+        "--frames uniform frames), segments (1 frame/s merged into segments, averaged by duration), "
+        "best (a caption scores a video by its best segment).",
+    ),
     batch_size: int = BATCH_SIZE_OPTION,
     language: str = typer.Option(None, help="Caption language for multilingual (NLLB) models, e.g. en, zh, deu_Latn."),
     percent: bool = PERCENT_OPTION,
@@ -145,6 +151,7 @@ def evaluate(
         )
     options = ReadOptions(split=None if split == "all" else split, limit=limit, media_root=images, strict=strict)
     wanted = [d.strip() for d in directions.split(",") if d.strip()] if directions else None
+    poolings = _poolings(pooling)
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
         if library is not None:
             results, failed = _evaluate_library(library, captions, model, options, language, wanted, cache, progress)
@@ -170,9 +177,11 @@ def evaluate(
                         cache=cache,
                         progress=progress,
                         frames=frames,
+                        pooling=method,
                         batch_size=batch_size,
                     )
                     for data in datasets
+                    for method in (poolings if data.kind == "video" else poolings[:1])
                 ],
             )
             failed = failed or model_failed
@@ -193,6 +202,16 @@ def evaluate(
         _say(f"results written to {folder}/ (results.md, results.csv, results.json, ranks.npz, recall_at_k_*.png)")
     if failed or not results:
         raise typer.Exit(1)
+
+
+def _poolings(text: str) -> list[str]:
+    from xmodal.eval.embedding import POOLINGS
+
+    chosen = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    unknown = [p for p in chosen if p not in POOLINGS]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"{', '.join(unknown) or text!r}: expected one or more of {', '.join(POOLINGS)}")
+    return chosen
 
 
 def _evaluate_library(

@@ -36,7 +36,7 @@ def plot_recall_curves(results: Sequence[RetrievalResult], out_dir: Path, max_k:
             for r in runs:
                 for d in r.directions:
                     if d.direction == direction:
-                        ax.plot(ks, recall_curve(d.ranks, max_k), label=r.model, linewidth=1.6)
+                        ax.plot(ks, recall_curve(d.ranks, max_k), label=r.run_label, linewidth=1.6)
                         chance = d.chance_curve[:max_k]
             if chance is not None:
                 ax.plot(ks[: len(chance)], chance, linestyle="--", color="grey", linewidth=1, label="chance")

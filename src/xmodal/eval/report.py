@@ -49,7 +49,7 @@ def table_rows(results: Sequence[RetrievalResult], unit: str = "fraction") -> tu
             rows.append(
                 [
                     d.label,
-                    result.model,
+                    result.run_label,
                     result.dataset,
                     *(_recall(m[r], unit) for r in RECALLS),
                     _rank(m["MedR"]),
@@ -145,6 +145,7 @@ def result_dict(r: RetrievalResult) -> dict:
         "format": r.format,
         "split": r.split,
         "kind": r.kind,
+        "pooling": r.pooling,
         "counts": {
             "items": r.items,
             "texts": r.texts,
@@ -193,7 +194,7 @@ def _write_document(results: list[dict], path: Path) -> Path:
 
 def write_ranks(results: Sequence[RetrievalResult], path: Path) -> Path:
     """Per-query ranks (1-based) as `model/dataset/direction` arrays in one .npz."""
-    arrays = {f"{r.model}/{r.dataset}/{d.direction}": d.ranks for r in results for d in r.directions}
+    arrays = {f"{r.run_label}/{r.dataset}/{d.direction}": d.ranks for r in results for d in r.directions}
     np.savez_compressed(path, **arrays)
     return path
 
