@@ -21,7 +21,7 @@ ratio and rotation applied) to at most `short_side` pixels on its short side as 
 from YUV, and handed out one at a time; nothing holds more than the decoder's own reference frames.
 
 Near-black and blank (uniform) frames are flagged (`VideoFrame.blank`) by FFmpeg's blackdetect
-rule (98 % of pixels below 10 % luma) or a luma spread below 4 levels; consumers skip them, and a
+rule (98 % of pixels below 10 % luma) or a colour spread below 4 levels in every channel; consumers skip them, and a
 video whose frames are all blank still yields them (flagged) so it can be indexed with a note.
 
 Bad input is a MediaError naming the file and the reason: missing, empty, not a readable container
@@ -87,7 +87,7 @@ class FramePolicy:
     skip_blank: bool = True  # consumers leave near-black / blank frames out (they are always flagged)
     black_level: float = 0.10  # luma (0-1) below which a pixel counts as black
     black_share: float = 0.98  # a frame with this share of black pixels is near-black
-    blank_spread: float = 4.0  # a frame whose luma standard deviation (0-255) is below this is blank
+    blank_spread: float = 4.0  # a frame whose every channel's standard deviation (0-255) is below this is blank
     decode_threads: int = 2  # decoder threads (each frame thread holds frames: keep it small)
 
     def __post_init__(self) -> None:
@@ -191,7 +191,7 @@ class VideoReader:
             decoded = _DecodedFrames(self, container, stream)
             shown: float | None = None
             for start, end in policy.windows(self.info.duration_s):
-                picked = decoded.pick(start, end, exact=policy.exact, keyframe_s=self.info.keyframe_interval_s)
+                picked = decoded.pick(start, end, exact=policy.exact)
                 self._check_unchanged()
                 if picked is None or picked[0] == shown:
                     continue
@@ -199,6 +199,8 @@ class VideoReader:
                 yield self._video_frame(*picked, (start, end), policy)
             if decoded.bad_packets:
                 self._pass_notes.append(f"{decoded.bad_packets} damaged packets skipped")
+            if decoded.read_error:
+                self._pass_notes.append(f"reading stopped early: {decoded.read_error}")
         self._check_unchanged()
 
     # -- probing --------------------------------------------------------------------------
@@ -242,7 +244,7 @@ class VideoReader:
 
     def _first_frame(self, container: av.container.InputContainer, stream: av.VideoStream) -> av.VideoFrame:
         try:
-            for packet in container.demux(stream):
+            for packet in _demuxed(container, stream):
                 for frame in _decode(packet):
                     return frame
         except av.FFmpegError as exc:
@@ -325,25 +327,23 @@ class _Clock:
 
 
 class _DecodedFrames:
-    """One pass of (time, frame) in presentation order with one frame of look-ahead; seeks on request."""
+    """One pass of (time, frame) in presentation order with one frame of look-ahead; seeks on request
+    while seeking works (a seek that finds nothing turns it off and decoding goes on from the start)."""
 
     def __init__(self, reader: VideoReader, container: av.container.InputContainer, stream: av.VideoStream):
         self.reader = reader
         self.container = container
         self.stream = stream
         self.clock = reader._clock
+        self.seekable = reader.info.keyframe_interval_s is not None
         self.bad_packets = 0
-        self._frames = self._decode()
-        self._ahead: tuple[float, av.VideoFrame] | None = None
-        self._position = -math.inf  # time of the last frame decoded
-        self._timestamps = _BestEffortTimestamps()
+        self.read_error: str | None = None  # why reading stopped before the end of the file, if it did
+        self._restart(seek_to=None)
 
-    def pick(
-        self, start: float, end: float, *, exact: bool, keyframe_s: float | None
-    ) -> tuple[float, av.VideoFrame] | None:
+    def pick(self, start: float, end: float, *, exact: bool) -> tuple[float, av.VideoFrame] | None:
         """Window [start, end)'s frame: the one shown at its centre (exact), else the first decoded in it."""
         behind = start - max(self._position, 0.0)
-        if not exact and keyframe_s is not None and behind > max(keyframe_s, self.clock.frame_s):
+        if not exact and self.seekable and behind > max(self.reader.info.keyframe_interval_s, self.clock.frame_s):
             self._seek(end)
         chosen = None
         if exact:
@@ -370,16 +370,35 @@ class _DecodedFrames:
     def _seek(self, before: float) -> None:
         """Continue from the keyframe before `before` seconds, never going back over frames passed."""
         passed = self._position
-        self.container.seek(self.clock.ticks(before - _EPS), backward=True, stream=self.stream)
         self.reader.stats.seeks += 1
-        self._frames, self._ahead = self._decode(), None
+        if not self._restart(seek_to=self.clock.ticks(before - _EPS)) or self._skip_to(passed) is None:
+            log.info("%s: seeking finds no frames; decoding on from the start instead", self.reader.path)
+            self.seekable = False
+            self._restart(seek_to=self.clock.origin)
+            self._skip_to(passed)
+
+    def _restart(self, seek_to: int | None) -> bool:
+        """A new pass from the keyframe before `seek_to` ticks (None: from where the file is)."""
+        if seek_to is not None:
+            try:
+                self.container.seek(seek_to, backward=True, stream=self.stream)
+            except av.FFmpegError:
+                return False
+        self._frames = self._decode()
+        self._ahead = None
+        self._position = -math.inf  # time of the last frame decoded
         self._timestamps = _BestEffortTimestamps()
+        return True
+
+    def _skip_to(self, passed: float) -> tuple[float, av.VideoFrame] | None:
+        """Drop frames at or before `passed` seconds; the first frame after them."""
         while (ahead := self._peek()) is not None and ahead[0] <= passed + _EPS:
             self._next()
+        return ahead
 
     def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
         bad_run = 0
-        for packet in self.container.demux(self.stream):
+        for packet in _demuxed(self.container, self.stream, self):
             try:
                 frames = packet.decode()
             except av.FFmpegError:
@@ -439,6 +458,24 @@ def _is_cover(stream: av.stream.Stream) -> bool:
     return bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
+def _demuxed(
+    container: av.container.InputContainer, stream: av.VideoStream, errors: object = None
+) -> Iterator[av.Packet]:
+    """The stream's packets from where the container is; a read error ends them (a damaged or cut
+    file) and is kept on `errors.read_error` when given."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError as exc:
+            if errors is not None:
+                errors.read_error = _reason(exc)
+            return
+        yield packet
+
+
 def _decode(packet: av.Packet) -> list[av.VideoFrame]:
     """A packet's frames; a damaged packet gives none (the decoder recovers at the next keyframe)."""
     try:
@@ -451,7 +488,7 @@ def _packet_times(container: av.container.InputContainer, stream: av.VideoStream
     """(pts, is keyframe) of the first `limit` timed packets, in presentation order (demuxed, not decoded)."""
     container.seek(stream.start_time or 0, backward=True, stream=stream)
     out = []
-    for packet in container.demux(stream):
+    for packet in _demuxed(container, stream):
         if packet.pts is not None:
             out.append((packet.pts, packet.is_keyframe))
             if len(out) >= limit:
@@ -469,7 +506,7 @@ def _last_packet_end(container: av.container.InputContainer, stream: av.VideoStr
         except av.FFmpegError:
             continue
         end = None
-        for packet in container.demux(stream):
+        for packet in _demuxed(container, stream):
             if packet.pts is not None:
                 stop = packet.pts + (packet.duration or clock.frame_ticks)
                 end = stop if end is None else max(end, stop)
@@ -487,16 +524,18 @@ def _is_variable(head: list[tuple[int, bool]]) -> bool:
 
 
 def _keyframe_interval(stream: av.VideoStream, head: list[tuple[int, bool]], duration: float) -> float | None:
-    """Median seconds between keyframes: from the container's index when it lists them (MP4, AVI),
-    else from the first packets (at least their span when only one keyframe is among them)."""
-    entries = stream.index_entries
-    keys = [e.timestamp for e in entries if e.flags & 1] if len(entries) > 1 else []
-    if len(keys) < 2:
-        keys = [pts for pts, key in head if key]
+    """Median seconds between keyframes among the first packets; when they hold only one, from the
+    container's index (MP4, AVI) if it agrees, else at least the span of those packets."""
+    tb = stream.time_base
+    keys = [pts for pts, key in head if key]
+    if len(keys) < 2 and len(stream.index_entries) > 1:
+        indexed = [e.timestamp for e in stream.index_entries if e.flags & 1]
+        if len(indexed) >= 2 and (not head or indexed[1] - indexed[0] > head[-1][0] - head[0][0]):
+            keys = indexed
     if len(keys) >= 2:
-        return float(statistics.median(b - a for a, b in zip(keys, keys[1:], strict=False)) * stream.time_base)
+        return float(statistics.median(b - a for a, b in zip(keys, keys[1:], strict=False)) * tb)
     if len(head) >= 2:
-        return max(float((head[-1][0] - head[0][0]) * stream.time_base), min(duration, 1.0))
+        return max(float((head[-1][0] - head[0][0]) * tb), min(duration, 1.0))
     return None
 
 
@@ -510,11 +549,13 @@ def _display_size(frame: av.VideoFrame, sar: Fraction | None, rotation: int) -> 
 
 
 def _is_blank(pixels: np.ndarray, policy: FramePolicy) -> bool:
-    """Near-black (blackdetect's rule) or one flat colour, judged on every 4th pixel's luma."""
-    luma = pixels[::4, ::4].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    """Near-black (blackdetect's rule on luma) or one flat colour (every channel's spread below
+    `blank_spread`), judged on every 4th pixel."""
+    sample = pixels[::4, ::4].astype(np.float32)
+    luma = sample @ np.array([0.299, 0.587, 0.114], np.float32)
     if float((luma < policy.black_level * 255).mean()) >= policy.black_share:
         return True
-    return float(luma.std()) < policy.blank_spread
+    return float(sample.reshape(-1, 3).std(axis=0).max()) < policy.blank_spread
 
 
 def _file_signature(path: Path) -> tuple[int, int]:
