@@ -13,16 +13,18 @@ Sampling. A video of duration D is cut into n equal windows, n = min(max_frames,
   10-minute 1080p file sampled at 120 frames decodes a few frames per sample instead of 150.
 
 A window that holds no frame (a gap in a variable-frame-rate stream, a file that ends early) gives
-none, and a frame never comes twice. Frame times are presentation timestamps (pts) in seconds from
-the stream's start, so variable frame rate needs nothing special.
+none, and a frame never comes twice. Frame times are the frames' timestamps in seconds from the
+stream's start (FFmpeg's best-effort rule: pts, or dts where pts run backwards), so variable frame
+rate needs nothing special and a player seeking to a frame's time shows that frame.
 
 Memory stays bounded whatever the resolution or length: each frame is scaled (with its pixel aspect
 ratio and rotation applied) to at most `short_side` pixels on its short side as it is converted
 from YUV, and handed out one at a time; nothing holds more than the decoder's own reference frames.
 
-Near-black and blank (uniform) frames are flagged (`VideoFrame.blank`) by FFmpeg's blackdetect
-rule (98 % of pixels below 10 % luma) or a colour spread below 4 levels in every channel; consumers skip them, and a
-video whose frames are all blank still yields them (flagged) so it can be indexed with a note.
+Near-black and blank frames are flagged (`VideoFrame.blank`): FFmpeg blackdetect's rule (98 % of
+pixels below 10 % luma), or one flat colour (a spread below 4 levels in every channel). Consumers
+skip them (`FramePolicy.skip_blank`); a video whose frames are all blank still yields them, flagged,
+so it can be indexed with a note.
 
 Bad input is a MediaError naming the file and the reason: missing, empty, not a readable container
 (corrupt or truncated), no video stream (audio only, or only a cover picture), a codec this FFmpeg
