@@ -66,7 +66,7 @@ def test_long_files_are_sampled_by_seeking_not_by_decoding_every_frame(tmp_path)
     video = open_video(clip)
     assert video.info.keyframe_interval_s == pytest.approx(1.0) and video.info.frame_count == 600
     fast = list(video.frames(FramePolicy(max_frames=6)))
-    assert video.stats.seeks == 3 and video.stats.decoded < 60  # windows 1, 3, 5; 2, 4 are next door
+    assert video.stats.seeks == 5 and video.stats.decoded <= 12  # a seek per window after the first
     video.stats.decoded = video.stats.seeks = 0
     exact = list(video.frames(FramePolicy(max_frames=6, exact=True)))
     assert video.stats.seeks == 0 and 550 <= video.stats.decoded <= 560  # every frame up to 55 s

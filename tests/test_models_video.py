@@ -71,11 +71,11 @@ def test_blank_frames_are_skipped_and_cut_segments(encoder, tmp_path):
     black = np.zeros((64, 64, 3), np.uint8)
     scene = level_frame(160, 64, 64)
     clip = write_clip(tmp_path / "fade.mkv", [scene] * 20 + [black] * 20 + [scene] * 20, codec="ffv1")
-    video = embed_video(encoder, clip, FramePolicy(fps=1))
-    assert video.blank_frames == 2 and video.frame_times == pytest.approx([0, 1, 4, 5])
+    video = embed_video(encoder, clip, FramePolicy(fps=1, exact=True))
+    assert video.blank_frames == 2 and video.frame_times == pytest.approx([0.5, 1.5, 4.5, 5.5])
     assert [(s.start, s.end) for s in video.segments] == [(0.0, 2.0), (4.0, 6.0)]
     assert video.notes == []
-    kept = embed_video(encoder, clip, FramePolicy(fps=1, skip_blank=False))
+    kept = embed_video(encoder, clip, FramePolicy(fps=1, exact=True, skip_blank=False))
     assert kept.blank_frames == 0 and len(kept.frame_times) == 6
 
 

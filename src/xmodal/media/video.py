@@ -7,10 +7,11 @@ Sampling. A video of duration D is cut into n equal windows, n = min(max_frames,
 - exact (`exact=True`): every frame is decoded and window k gives the frame shown at its centre
   (k + 0.5) * D / n, so a 30-frame clip sampled with n=4 gives frames 3, 11, 18, 26 (CLIP4Clip's
   and most benchmarks' uniform sampling).
-- fast (the default): frames that no other frame refers to are not decoded, and a window further
-  ahead than one keyframe interval is reached by seeking to the keyframe before its end rather
-  than by decoding everything in between; window k gives the first frame decoded inside it. A
-  10-minute 1080p file sampled at 120 frames decodes a few frames per sample instead of 150.
+- fast (the default): frames that no other frame refers to are not decoded, and a window is
+  reached by seeking to the keyframe before its end whenever that costs less decoding (by the
+  measured keyframe interval) than decoding on to it; window k gives the first frame decoded
+  inside it, often that keyframe. A 10-minute 1080p file sampled at 120 frames decodes a frame
+  or two per sample instead of 150 (see BENCHMARKS.md).
 
 A window that holds no frame (a gap in a variable-frame-rate stream, a file that ends early) gives
 none, and a frame never comes twice. Frame times are the frames' timestamps in seconds from the
@@ -56,6 +57,7 @@ DEFAULT_FPS = 1.0
 DEFAULT_MAX_FRAMES = 120
 DEFAULT_SHORT_SIDE = 448  # above the largest CLIP-family input (384) so preprocessing still downsamples
 PROBE_PACKETS = 300  # packets read from the start to measure the keyframe interval and frame timing
+SEEK_FRAMES = 5  # a seek (demuxer jump, decoder flush, a keyframe to decode) costs about this many frames
 MAX_BAD_PACKETS = 64  # consecutive undecodable packets before a stream is declared corrupt
 _EPS = 1e-6  # seconds: tolerance when comparing frame times (well below any frame duration)
 _ROTATE = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_90}
@@ -344,8 +346,7 @@ class _DecodedFrames:
 
     def pick(self, start: float, end: float, *, exact: bool) -> tuple[float, av.VideoFrame] | None:
         """Window [start, end)'s frame: the one shown at its centre (exact), else the first decoded in it."""
-        behind = start - max(self._position, 0.0)
-        if not exact and self.seekable and behind > max(self.reader.info.keyframe_interval_s, self.clock.frame_s):
+        if not exact and self.seekable and start - max(self._position, 0.0) > self._seek_cost(end - start):
             self._seek(end)
         chosen = None
         if exact:
@@ -359,6 +360,16 @@ class _DecodedFrames:
                 self._next()
         ahead = self._peek()  # nothing inside the window up to its centre: its first frame, if any
         return self._next() if ahead is not None and ahead[0] < end - _EPS else None
+
+    def _seek_cost(self, window: float) -> float:
+        """Seconds of video a seek to a window's end costs to decode, on average: nothing when the
+        window holds a keyframe (it is taken), else from the keyframe before it to its start (keyframes
+        `interval` apart fall in a window of length `window` with probability window / interval); plus
+        the seek itself, counted as a few frames."""
+        interval = self.reader.info.keyframe_interval_s or 0.0
+        short = max(0.0, interval - window)
+        catch_up = short * short / (2 * interval) if interval else 0.0
+        return catch_up + SEEK_FRAMES * self.clock.frame_s
 
     def _peek(self) -> tuple[float, av.VideoFrame] | None:
         if self._ahead is None:

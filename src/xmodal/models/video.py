@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # Cosine to a segment's mean below which a frame starts a new segment. CLIP-family frame embeddings
 # of one shot stay above ~0.9 while a cut to other content falls well below it (see BENCHMARKS.md,
 # "Video segments", for what was measured).
-MERGE_THRESHOLD = 0.85
+MERGE_THRESHOLD = 0.8
 
 
 @dataclass(frozen=True)
