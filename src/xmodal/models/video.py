@@ -35,9 +35,10 @@ from xmodal.parallel import prefetch
 
 log = logging.getLogger(__name__)
 
-# Cosine to a segment's mean below which a frame starts a new segment. CLIP-family frame embeddings
-# of one shot stay above ~0.9 while a cut to other content falls well below it (see BENCHMARKS.md,
-# "Video segments", for what was measured).
+# Cosine to a segment's mean below which a frame starts a new segment. Measured with the shipped
+# model on synth-shapes videos at 1 frame/s: consecutive frames of one scene >= 0.81, across a cut
+# <= 0.55 (BENCHMARKS.md, "Video"). Real CLIP weights cannot be fetched here: re-measure with
+# benchmarks/video.py where they can.
 MERGE_THRESHOLD = 0.8
 
 
