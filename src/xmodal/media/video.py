@@ -57,6 +57,7 @@ DEFAULT_FPS = 1.0
 DEFAULT_MAX_FRAMES = 120
 DEFAULT_SHORT_SIDE = 448  # above the largest CLIP-family input (384) so preprocessing still downsamples
 PROBE_PACKETS = 300  # packets read from the start to measure the keyframe interval and frame timing
+SAMPLING_VERSION = 1  # part of FramePolicy.key: bump when the frames a policy picks change
 SEEK_FRAMES = 5  # a seek (demuxer jump, decoder flush, a keyframe to decode) costs about this many frames
 MAX_BAD_PACKETS = 64  # consecutive undecodable packets before a stream is declared corrupt
 _EPS = 1e-6  # seconds: tolerance when comparing frame times (well below any frame duration)
@@ -123,10 +124,11 @@ class FramePolicy:
 
     @property
     def key(self) -> str:
-        """Names the frames this policy picks (cache keys of embeddings made from them)."""
+        """Names the frames this policy picks (cache keys of embeddings made from them); the leading
+        version changes whenever the sampling itself does."""
         rate = "uniform" if self.fps is None else f"{self.fps:g}fps"
         blank = f"skip{self.black_level:g},{self.black_share:g},{self.blank_spread:g}" if self.skip_blank else "all"
-        return f"{rate}:{self.max_frames}:{self.short_side or 'full'}:{'exact' if self.exact else 'fast'}:{blank}"
+        return f"v{SAMPLING_VERSION}:{rate}:{self.max_frames}:{self.short_side or 'full'}:{'exact' if self.exact else 'fast'}:{blank}"
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ class VideoReader:
     def frames(self, policy: FramePolicy | None = None) -> Iterator[VideoFrame]:
         """The sampled frames in time order, one at a time (see the module docstring)."""
         policy = policy or FramePolicy()
+        self._check_unchanged()
         with self._container(probed=True) as container:
             stream = _video_stream(self.path, container)
             stream.thread_type = "AUTO"
@@ -285,7 +288,7 @@ class VideoReader:
         if policy.short_side is not None and min(width, height) > policy.short_side:
             scale = policy.short_side / min(width, height)
             width, height = max(1, round(width * scale)), max(1, round(height * scale))
-        pixels = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+        pixels = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
         image = Image.fromarray(pixels, "RGB")
         if self.info.rotation in _ROTATE:
             image = image.transpose(_ROTATE[self.info.rotation])
@@ -416,6 +419,7 @@ class _DecodedFrames:
                 frames = packet.decode()
             except av.FFmpegError:
                 self.bad_packets += 1
+                self.reader.stats.bad_packets += 1
                 bad_run += 1
                 if bad_run > MAX_BAD_PACKETS:
                     raise MediaError(
