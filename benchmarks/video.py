@@ -13,7 +13,7 @@
    cosines of consecutive frames inside a scene and across the cut, and for each threshold the
    share of cuts found and the segments per scene.
 
-    python benchmarks/video.py [--minutes 10] [--rounds 2] [--videos 40] [--vit] [--work DIR]
+    python benchmarks/video.py [--minutes 10] [--rounds 2] [--videos 40] [--vit] [--model NAME] [--work DIR]
 """
 
 from __future__ import annotations
@@ -163,7 +163,9 @@ def threshold_table(encoder, root: Path) -> None:
             cosine = float(vectors[k] @ vectors[k + 1])
             (across if cut is not None and times[k] < cut <= times[k + 1] else within).append(cosine)
     cuts = sum(len(r["scenes"]) > 1 for r in records)
-    print(f"\n## Segment merge threshold: {len(records)} synth-shapes videos, {cuts} with a cut, 1 frame/s\n")
+    print(
+        f"\n## Segment merge threshold ({encoder.name}): {len(records)} synth-shapes videos, {cuts} with a cut, 1 frame/s\n"
+    )
     print(
         f"consecutive-frame cosine inside a scene: min {min(within):.3f}, 5th percentile "
         f"{np.percentile(within, 5):.3f}, median {np.median(within):.3f}; across a cut: median "
@@ -191,6 +193,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--videos", type=int, default=40)
     parser.add_argument("--vit", action="store_true", help="also a ViT-B/32-geometry model (needs torch)")
+    parser.add_argument("--model", default="xmodal-tiny-shapes", help="the model the merge threshold is measured with")
     parser.add_argument("--work", type=Path, help="keep the generated files here between runs")
     args = parser.parse_args()
 
@@ -218,7 +221,7 @@ def main() -> None:
     msvd = REALDATA / "msvd" / "videos"
     if msvd.is_dir():
         embedding_shares(sorted(msvd.iterdir()), models, "the real MSVD clips (320x240 to 1280x720, 4-14 s)")
-    threshold_table(models["xmodal-tiny-shapes (shipped, 64 px)"], synth)
+    threshold_table(xmodal.load_model(args.model), synth)
     print(f"\nload {os.getloadavg()[0]:.1f} at the end; {time.perf_counter() - started:.0f} s in all")
 
 
