@@ -19,7 +19,7 @@ import pytest
 from helpers import REALDATA
 from video_files import frame_level, level_frame, write_clip, write_numbered_clip, write_tone
 from xmodal.errors import InvalidArgumentError, MediaError
-from xmodal.media.video import FramePolicy, open_video, probe_video
+from xmodal.media.video import FramePolicy, open_video, probe_video, sample_frames
 
 MSVD = REALDATA / "msvd"
 
@@ -53,6 +53,7 @@ def test_exact_sampling_takes_the_frame_shown_at_each_window_centre(tmp_path):
     assert all(f.image.mode == "RGB" and f.image.size == (32, 32) and not f.blank for f in frames)
     assert levels(video.frames(FramePolicy.uniform(1))) == [15]
     assert levels(video.frames(FramePolicy(fps=1, exact=True))) == [5, 15, 25]
+    assert [round(frame_level(image) / 8) for image in sample_frames(clip, 4)] == [3, 11, 18, 26]
 
 
 def test_a_short_clip_gives_each_frame_once(tmp_path):

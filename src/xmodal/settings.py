@@ -14,10 +14,18 @@ value is an error naming the variable (or flag) and what it accepts, never silen
     XMODAL_HOST / XMODAL_PORT / XMODAL_API_KEY   what `xmodal serve` binds to and the key it asks for
     XMODAL_MODEL_TTL        seconds an unused model stays loaded in `xmodal serve` (default 300; 0 = forever)
     XMODAL_SERVE_THREADS    inference threads of `xmodal serve` (default: one per CPU)
+    XMODAL_PRELOAD          models `xmodal serve` loads at start and keeps loaded (comma-separated)
+    XMODAL_MAX_UPLOAD_BYTES largest request body `xmodal serve` accepts (default 64M)
+    XMODAL_MAX_QUERY_CHARS  longest text query `xmodal serve` accepts (default 1000)
+    XMODAL_REQUEST_TIMEOUT  seconds a request may compute before it gets 504 (default 60; 0 = no limit)
+    XMODAL_CORS_ORIGINS     origins allowed to call the HTTP API from a browser (default none: CORS off)
+    XMODAL_TRUSTED_NETWORKS client networks that need no API key, e.g. 172.16.0.0/12 (default none)
+    XMODAL_RKNN_TOOLKIT_PYTHON  a Python that has rknn-toolkit2 (default: xmodal makes one in the cache)
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import threading
@@ -80,6 +88,33 @@ def parse_path(text: str, name: str) -> Path:
     return Path(text).expanduser()
 
 
+def parse_list(text: str, name: str) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c')."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_networks(text: str, name: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks -> their normalized network strings."""
+    return _networks(parse_list(text, name), name)
+
+
+def _networks(items: tuple[str, ...], name: str) -> tuple[str, ...]:
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise InvalidArgumentError(name, item, "an IP address or network such as 172.16.0.0/12") from None
+    return tuple(out)
+
+
+def _origins(items: tuple[str, ...], name: str) -> tuple[str, ...]:
+    for item in items:
+        if item != "*" and not re.fullmatch(r"https?://[^/\s]+", item):
+            raise InvalidArgumentError(name, item, "'*' or an origin such as https://photos.example.org (no path)")
+    return items
+
+
 def _text(text: str, name: str) -> str:
     return text
 
@@ -116,6 +151,13 @@ class Settings:
     api_key: str | None = _setting("XMODAL_API_KEY", _text, None, "--api-key")
     model_ttl: float = _setting("XMODAL_MODEL_TTL", parse_seconds, 300.0, "--model-ttl")
     serve_threads: int | None = _setting("XMODAL_SERVE_THREADS", parse_positive_int, None)
+    preload: tuple[str, ...] = _setting("XMODAL_PRELOAD", parse_list, (), "--preload")
+    max_upload_bytes: int = _setting("XMODAL_MAX_UPLOAD_BYTES", parse_size, 64 << 20, "--max-upload")
+    max_query_chars: int = _setting("XMODAL_MAX_QUERY_CHARS", parse_positive_int, 1000)
+    request_timeout: float = _setting("XMODAL_REQUEST_TIMEOUT", parse_seconds, 60.0, "--request-timeout")
+    cors_origins: tuple[str, ...] = _setting("XMODAL_CORS_ORIGINS", parse_list, (), "--cors-origin")
+    trusted_networks: tuple[str, ...] = _setting("XMODAL_TRUSTED_NETWORKS", parse_networks, (), "--trusted-network")
+    rknn_toolkit_python: Path | None = _setting("XMODAL_RKNN_TOOLKIT_PYTHON", parse_path, None, "--toolkit-python")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -131,15 +173,22 @@ class Settings:
         return replace(cls(**values), **{k: v for k, v in overrides.items() if v is not None})
 
     def __post_init__(self) -> None:
-        for name in ("threads", "serve_threads"):
+        for name in ("preload", "cors_origins", "trusted_networks"):  # flags arrive as lists
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "trusted_networks", _networks(self.trusted_networks, self._label("trusted_networks")))
+        _origins(self.cors_origins, self._label("cors_origins"))
+        for name in ("threads", "serve_threads", "max_query_chars"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InvalidArgumentError(self._label(name), value, "a positive whole number")
-        for name in ("max_image_bytes", "max_video_bytes", "max_text_bytes"):
+        for name in ("max_image_bytes", "max_video_bytes", "max_text_bytes", "max_upload_bytes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InvalidArgumentError(self._label(name), getattr(self, name), "a positive number of bytes")
         if not 1 <= self.port <= 65535:
             raise InvalidArgumentError(self._label("port"), self.port, "a port number from 1 to 65535")
+        for name in ("model_ttl", "request_timeout"):
+            if not getattr(self, name) >= 0:
+                raise InvalidArgumentError(self._label(name), getattr(self, name), "a number of seconds >= 0")
 
     def _label(self, name: str) -> str:
         spec = next(f for f in fields(self) if f.name == name)

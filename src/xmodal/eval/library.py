@@ -28,12 +28,13 @@ def library_dataset(
     position = {gallery.paths[n]: i for i, n in enumerate(members)}
     target = [position.get(os.path.abspath(str(item))) for item in captions.items]
     not_indexed = [captions.item_ids[i] for i, t in enumerate(target) if t is None]
-    texts, positives = [], []
-    for text, items in zip(captions.texts, captions.text_positives, strict=True):
+    texts, positives, text_ids = [], [], []
+    for text, items, text_id in zip(captions.texts, captions.text_positives, captions.text_ids, strict=True):
         kept = sorted({target[i] for i in items if target[i] is not None})
         if kept:
             texts.append(text)
             positives.append(kept)
+            text_ids.append(text_id)
     if not texts:
         raise DatasetFormatError(
             Path(captions.name), f"none of its {len(captions.items)} captioned files is indexed in the library {folder}"
@@ -47,6 +48,7 @@ def library_dataset(
         item_ids=[gallery.paths[n] for n in members],
         texts=texts,
         text_positives=positives,
+        text_ids=text_ids,
         missing=list(captions.missing) + not_indexed,
         problems=captions.problems,
         texts_dropped=captions.texts_dropped + len(captions.texts) - len(texts),
@@ -65,6 +67,7 @@ def evaluate_library(
     cache: EmbeddingCache | None = None,
     progress: Progress | None = None,
     ks: Sequence[int] = DEFAULT_KS,
+    predictions: int = 0,
 ) -> RetrievalResult:
     """R@K, MedR, MnR, MR of search in `library` with the user's captions (JSONL/CSV read by
     `read_dataset`): captions are embedded by the library's model, images come from the catalog."""
@@ -78,4 +81,5 @@ def evaluate_library(
         cache=cache,
         progress=progress,
         ks=ks,
+        predictions=predictions,
     )

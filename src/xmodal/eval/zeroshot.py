@@ -23,6 +23,7 @@ from xmodal.eval.cache import EmbeddingCache
 from xmodal.eval.datasets.base import load_json
 from xmodal.eval.datasets.classification import ClassificationDataset
 from xmodal.eval.embedding import embed_items, embed_texts
+from xmodal.eval.metrics import top_k
 from xmodal.models.encoder import Encoder, l2_normalize
 from xmodal.progress import NullProgress, Progress
 
@@ -32,17 +33,19 @@ TOP_K = (1, 5)
 
 
 def shipped_templates() -> dict[str, list[str]]:
-    """Template sets shipped with xmodal: 'imagenet' (CLIP's 80) and 'simple'."""
+    """Template sets shipped with xmodal: 'imagenet' (CLIP's 80), 'cifar' (CLIP's 18) and 'simple'."""
     data = json.loads(resources.files("xmodal.data").joinpath("zeroshot_templates.json").read_text())
     return {k: v for k, v in data.items() if isinstance(v, list)}
 
 
-def load_templates(spec: str | Path | None = None) -> list[str]:
-    """A shipped set by name (default 'imagenet'), or a JSON file: a list of templates or {"templates": [...]}.
+def load_templates(spec: str | Path | None = None, dataset: ClassificationDataset | None = None) -> list[str]:
+    """A shipped set by name, or a JSON file: a list of templates or {"templates": [...]}. Default:
+    the set CLIP uses with the dataset's shipped classes (CIFAR: 'cifar'), else 'imagenet'.
 
     A template holds `{}` (or `{c}`) where the class name goes.
     """
-    spec = "imagenet" if spec is None else spec
+    if spec is None:
+        spec = dataset.class_set.templates if dataset is not None and dataset.class_set is not None else "imagenet"
     shipped = shipped_templates()
     if str(spec) in shipped:
         return shipped[str(spec)]
@@ -90,6 +93,7 @@ class ZeroShotResult:
     classnames: list[str]
     templates: int
     images: int
+    classes_present: int
     top1: float
     top5: float
     mean_per_class_recall: float
@@ -99,6 +103,8 @@ class ZeroShotResult:
     missing: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     malformed: list[str] = field(default_factory=list)
+    unknown: dict[str, int] = field(default_factory=dict)  # labels outside the class set -> images left out
+    class_set: str | None = None  # title of the shipped class set the classes are, e.g. "ImageNet (ILSVRC-2012)"
     wall_time_s: float = 0.0
     xmodal_version: str = xmodal.__version__
 
@@ -126,7 +132,7 @@ def evaluate_zeroshot(
     labels = dataset.labels[keep]
     scores = images.vectors[keep] @ classifier.T
     k = min(max(TOP_K), len(dataset.classnames))
-    top = _top_k(scores, k)
+    top = top_k(scores, k)
     hits = {t: (top[:, : min(t, k)] == labels[:, None]).any(axis=1) for t in TOP_K}
     n_classes = len(dataset.classnames)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
@@ -141,6 +147,7 @@ def evaluate_zeroshot(
         classnames=list(dataset.classnames),
         templates=len(templates),
         images=int(keep.size),
+        classes_present=int(np.unique(labels).size),
         top1=float(hits[1].mean()),
         top5=float(hits[5].mean()),
         mean_per_class_recall=float(np.mean([row["top1"] for row in present])),
@@ -150,20 +157,10 @@ def evaluate_zeroshot(
         missing=list(dataset.missing),
         failed={str(dataset.items[i]): reason for i, reason in sorted(images.failures.items())},
         malformed=[str(p) for p in dataset.problems],
+        unknown=dict(dataset.unknown),
+        class_set=dataset.class_set.title if dataset.class_set is not None else None,
         wall_time_s=time.perf_counter() - started,
     )
-
-
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best classes per row, best first (equal scores: lower class index first).
-
-    argpartition + a sort of k columns: O(C) per image instead of sorting all C classes."""
-    if k >= scores.shape[1]:
-        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    values = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -values), axis=1)
-    return np.take_along_axis(part, order, axis=1)
 
 
 def _per_class(classnames: Sequence[str], labels: np.ndarray, hits: dict, confusion: np.ndarray) -> list[dict]:

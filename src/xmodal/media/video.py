@@ -159,6 +159,14 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     return open_video(path).info
 
 
+def sample_frames(path: str | os.PathLike, n: int, *, short_side: int | None = None) -> list[Image.Image]:
+    """n frames spread uniformly over the video (fewer if it has fewer), each the one shown at the
+    centre of one of n equal windows, at full size unless `short_side` (posters, timing images)."""
+    if n < 1:
+        raise InvalidArgumentError("n", n, "an integer >= 1")
+    return [f.image for f in open_video(path).frames(FramePolicy.uniform(n, short_side=short_side))]
+
+
 def open_video(path: str | os.PathLike) -> VideoReader:
     """Probe a video file and return a reader of its frames."""
     return VideoReader(Path(path))

@@ -56,9 +56,18 @@ class VectorIndex(abc.ABC):
 
     @abc.abstractmethod
     def _search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, params: dict[str, float]
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        excluded: np.ndarray | None,
+        params: dict[str, float],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-k candidates: (scores, ids, tie keys), each (Q, k'), unsorted; ids -1 for padding."""
+
+    @abc.abstractmethod
+    def copy(self) -> VectorIndex:
+        """An independent copy (changing one never changes the other)."""
 
     @abc.abstractmethod
     def _write_payload(self, write: Callable[[bytes], Any]) -> dict[str, Any]:
@@ -109,13 +118,15 @@ class VectorIndex(abc.ABC):
         k: int,
         *,
         allowed: np.ndarray | None = None,
+        excluded: np.ndarray | None = None,
         params: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (scores float32 (Q, k), ids int64 (Q, k)), best first.
 
         Ties are broken by insertion position (exact) or id (Faiss), so results are deterministic;
         rows with fewer than k candidates are padded with id -1 and score -inf. `allowed` limits
-        results to those ids (filters); `params` overrides the default search parameters.
+        results to those ids (filters), `excluded` leaves those out (superseded entries); `params`
+        overrides the default search parameters.
         """
         queries = self._as_vectors(queries, "queries")
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -129,9 +140,11 @@ class VectorIndex(abc.ABC):
             raise InvalidArgumentError("search parameter", unknown[0], valid)
         if allowed is not None:
             allowed = np.unique(as_ids(allowed))
+        if excluded is not None:
+            excluded = np.unique(as_ids(excluded)) if len(excluded) else None
         if len(queries) == 0 or len(self) == 0 or (allowed is not None and len(allowed) == 0):
             return padding(len(queries), k)
-        scores, ids, ties = self._search(queries, k, allowed, values)
+        scores, ids, ties = self._search(queries, k, allowed, excluded, values)
         return top_k_sorted(scores, ids, ties, k)
 
     def save(self, path: str | Path) -> None:
