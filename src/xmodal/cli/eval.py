@@ -183,7 +183,14 @@ def evaluate(
     no_cache: bool = NO_CACHE_OPTION,
     cache_file: Path = CACHE_FILE_OPTION,
     frames: int = typer.Option(
-        8, min=1, metavar="N", help="Frames sampled uniformly per video (their embeddings are averaged)."
+        12, min=1, metavar="N", help="Frames sampled uniformly per video for --pooling uniform (their mean)."
+    ),
+    pooling: str = typer.Option(
+        "uniform",
+        metavar="LIST",
+        help="How a video is scored, comma-separated to compare several in one report: uniform (mean of "
+        "--frames uniform frames), segments (1 frame/s merged into segments, averaged by duration), "
+        "best (a caption scores a video by its best segment).",
     ),
     batch_size: int = BATCH_SIZE_OPTION,
     language: str = typer.Option(
@@ -219,6 +226,7 @@ def evaluate(
     unknown = [d for d in wanted or [] if d not in DIRECTIONS]
     if unknown:
         raise typer.BadParameter(f"{unknown[0]!r} is not one of {', '.join(DIRECTIONS)}", param_hint="--directions")
+    poolings = _poolings(pooling)
     folder, made = _out_folder(out, "xmodal-eval", force)
     options = ReadOptions(split=None if split == "all" else split, limit=limit, media_root=images, strict=strict)
     settings = {"directions": wanted, "ks": ks, "predictions": 10 if predictions else 0}
@@ -229,7 +237,7 @@ def evaluate(
             if combine:
                 _compare_combinations(library, captions, model, options, language, combine, cache, folder)
         else:
-            settings |= {"frames": frames, "batch_size": batch_size}
+            settings |= {"frames": frames, "batch_size": batch_size, "poolings": poolings}
             results, failed = _run_datasets(dataset, model, options, precision, language, settings, runtime)
     if results:
         unit = "percent" if percent else "fraction"
@@ -242,6 +250,18 @@ def evaluate(
         folder.rmdir()  # made before the run; nothing came of it
     if failed or not results:
         raise typer.Exit(1)
+
+
+def _poolings(text: str) -> list[str]:
+    from xmodal.eval.embedding import POOLINGS
+
+    chosen = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    unknown = [p for p in chosen if p not in POOLINGS]
+    if unknown or not chosen:
+        raise typer.BadParameter(
+            f"{', '.join(unknown) or text!r}: expected one or more of {', '.join(POOLINGS)}", param_hint="--pooling"
+        )
+    return chosen
 
 
 def _run_datasets(
