@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 import xmodal
 from helpers import FIXTURES
 from xmodal.cli import app
-from xmodal.errors import DatasetFormatError
+from xmodal.errors import DatasetFormatError, InvalidArgumentError
 from xmodal.eval.datasets.classification import read_classification
 from xmodal.eval.metrics import top_k
 from xmodal.eval.zeroshot import (
     class_embeddings,
+    evaluate_ensemble,
     evaluate_zeroshot,
     fill_template,
     load_templates,
@@ -127,3 +128,53 @@ def test_zeroshot_cli_writes_tables_and_confusion_matrix(clip_model_dir, tmp_pat
     with Image.open(out / "confusion_tiny-clip.png") as png:
         assert png.format == "PNG"
     assert Path(out / "results.md").read_text().startswith("| Model |")
+
+
+def test_ensemble_is_the_weighted_average_of_probabilities(clip_model_dir, tmp_path):
+    rng = np.random.default_rng(9)
+    for c in ("alpha", "beta", "gamma"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for j in range(4):
+            Image.fromarray((rng.random((24, 24, 3)) * 255).astype(np.uint8)).save(tmp_path / "data" / c / f"{j}.png")
+    dataset = read_classification(tmp_path / "data")
+    templates = load_templates("simple")
+    models = [xmodal.load_model(clip_model_dir), xmodal.load_model("xmodal-tiny-shapes")]
+    *members, ensemble = evaluate_ensemble(models, dataset, templates, [3, 1])
+    probabilities = []
+    for model in models:
+        scores = model.embed_images(dataset.items) @ class_embeddings(model, dataset.classnames, templates).T
+        e = np.exp(100 * (scores - scores.max(axis=1, keepdims=True)))
+        probabilities.append(e / e.sum(axis=1, keepdims=True))
+    mixed = 0.75 * probabilities[0] + 0.25 * probabilities[1]
+    assert ensemble.predictions.tolist() == mixed.argmax(axis=1).tolist()
+    assert ensemble.top1 == np.mean(mixed.argmax(axis=1) == dataset.labels)
+    assert [m.predictions.tolist() for m in members] == [p.argmax(axis=1).tolist() for p in probabilities]
+    assert ensemble.model == f"{models[0].name} + xmodal-tiny-shapes (ensemble 0.75+0.25)"
+    with pytest.raises(InvalidArgumentError, match="--weights"):
+        evaluate_ensemble(models, dataset, templates, [1])
+    result = CliRunner().invoke(
+        app,
+        [
+            "zeroshot",
+            "-q",
+            "-m",
+            str(clip_model_dir),
+            "-m",
+            "xmodal-tiny-shapes",
+            "-d",
+            str(tmp_path / "data"),
+            "--templates",
+            "simple",
+            "--ensemble",
+            "--weights",
+            "3,1",
+            "--no-cache",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert [r["model"] for r in rows][-1] == ensemble.model and rows[-1]["top1"] == pytest.approx(ensemble.top1)
+    lone = CliRunner().invoke(app, ["zeroshot", "-m", "xmodal-tiny-shapes", "-d", str(tmp_path / "data"), "--ensemble"])
+    assert lone.exit_code != 0 and "two or more models" in lone.output

@@ -26,6 +26,8 @@ COMMANDS = {
     "search": "xmodal.cli.library:search",
     "status": "xmodal.cli.library:status",
     "prune": "xmodal.cli.library:prune",
+    "tag": "xmodal.cli.tags:tag",
+    "tags": "xmodal.cli.tags:app",
     "datasets": "xmodal.cli.datasets:app",
     "eval": "xmodal.cli.eval:evaluate",
     "zeroshot": "xmodal.cli.eval:zeroshot",
@@ -59,7 +61,7 @@ class LazyCommands(TyperGroup):
 app = typer.Typer(
     cls=LazyCommands,
     name="xmodal",
-    help="Cross-modal retrieval: search photos and videos by text or image, benchmark, train and serve CLIP-family models.",
+    help="Cross-modal retrieval: search photos, videos and documents by text or image, tag photos, benchmark, train and serve CLIP-family models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

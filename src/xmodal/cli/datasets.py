@@ -17,7 +17,11 @@ def synth_shapes(
     out: Path = typer.Option(..., "--out", help="Folder to write images/, dataset_synth_shapes.json (and videos/)."),
     n: int = typer.Option(1000, "--n", help="Number of images (split 80/10/10 into train/val/test)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
-    videos: int = typer.Option(0, "--videos", help="Also write this many short H.264 videos (videos.jsonl)."),
+    videos: int = typer.Option(
+        0,
+        "--videos",
+        help="Also write this many short H.264 videos (videos.jsonl); every fourth has a scene cut halfway.",
+    ),
     image_size: int = typer.Option(128, "--image-size", help="Side of the square images in pixels."),
     quiet: bool = flag("No progress bar.", "--quiet", "-q"),
 ) -> None:

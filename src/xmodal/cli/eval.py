@@ -146,6 +146,12 @@ def evaluate(
         metavar="FILE",
         help="With --library: JSONL/CSV of path + captions for some of its files; the rest are distractors.",
     ),
+    combine: list[str] = typer.Option(
+        None,
+        "--combine",
+        help="With --library: also compare ways to combine a photo's pixel and caption scores "
+        "(max, or the caption's weight 0-1; repeatable).",
+    ),
     split: str = typer.Option(
         "test", metavar="NAME", help="Split to evaluate (test, val, train; MUGE: valid); 'all' for every record."
     ),
@@ -177,7 +183,14 @@ def evaluate(
     no_cache: bool = NO_CACHE_OPTION,
     cache_file: Path = CACHE_FILE_OPTION,
     frames: int = typer.Option(
-        8, min=1, metavar="N", help="Frames sampled uniformly per video (their embeddings are averaged)."
+        12, min=1, metavar="N", help="Frames sampled uniformly per video for --pooling uniform (their mean)."
+    ),
+    pooling: str = typer.Option(
+        "uniform",
+        metavar="LIST",
+        help="How a video is scored, comma-separated to compare several in one report: uniform (mean of "
+        "--frames uniform frames), segments (1 frame/s merged into segments, averaged by duration), "
+        "best (a caption scores a video by its best segment).",
     ),
     batch_size: int = BATCH_SIZE_OPTION,
     language: str = typer.Option(
@@ -213,6 +226,7 @@ def evaluate(
     unknown = [d for d in wanted or [] if d not in DIRECTIONS]
     if unknown:
         raise typer.BadParameter(f"{unknown[0]!r} is not one of {', '.join(DIRECTIONS)}", param_hint="--directions")
+    poolings = _poolings(pooling)
     folder, made = _out_folder(out, "xmodal-eval", force)
     options = ReadOptions(split=None if split == "all" else split, limit=limit, media_root=images, strict=strict)
     settings = {"directions": wanted, "ks": ks, "predictions": 10 if predictions else 0}
@@ -220,8 +234,10 @@ def evaluate(
         settings |= {"cache": cache, "progress": progress}
         if library is not None:
             results, failed = _run_library(library, captions, model, options, language, settings)
+            if combine:
+                _compare_combinations(library, captions, model, options, language, combine, cache, folder)
         else:
-            settings |= {"frames": frames, "batch_size": batch_size}
+            settings |= {"frames": frames, "batch_size": batch_size, "poolings": poolings}
             results, failed = _run_datasets(dataset, model, options, precision, language, settings, runtime)
     if results:
         unit = "percent" if percent else "fraction"
@@ -234,6 +250,18 @@ def evaluate(
         folder.rmdir()  # made before the run; nothing came of it
     if failed or not results:
         raise typer.Exit(1)
+
+
+def _poolings(text: str) -> list[str]:
+    from xmodal.eval.embedding import POOLINGS
+
+    chosen = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    unknown = [p for p in chosen if p not in POOLINGS]
+    if unknown or not chosen:
+        raise typer.BadParameter(
+            f"{', '.join(unknown) or text!r}: expected one or more of {', '.join(POOLINGS)}", param_hint="--pooling"
+        )
+    return chosen
 
 
 def _run_datasets(
@@ -311,6 +339,45 @@ def _run_library(
     return results, failed
 
 
+def _zeroshot_ensemble(models: list[str], precision, data, prompts, weights, options: dict) -> tuple[list, bool]:
+    """Every model's result and the ensemble's (all the models must load)."""
+    from xmodal import load_model
+    from xmodal.eval.zeroshot import evaluate_ensemble
+
+    encoders = []
+    for name in models:
+        try:
+            encoders.append(load_model(name, precision=precision))
+        except XmodalError as exc:
+            error(str(exc), "--model")
+            return [], True
+    try:
+        return evaluate_ensemble(encoders, data, prompts, weights, **options), False
+    except XmodalError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--weights") from None
+
+
+def _compare_combinations(folder: Path, captions: str, models, options, language, combine, cache, out: Path) -> None:
+    """Text -> photo metrics of the library for each --combine, printed and written to OUT/combinations.md."""
+    from dataclasses import replace
+
+    from xmodal.eval.datasets import read_dataset
+    from xmodal.eval.library import evaluate_caption_combinations
+    from xmodal.library import Library
+
+    with Library(folder) as lib:
+        data = read_dataset(captions, options)
+        data = replace(data, language=language or data.language)
+        tables = [
+            evaluate_caption_combinations(lib, data, combine, model=name, cache=cache).markdown()
+            for name in models or [lib.catalog.models()[0].key]
+        ]
+    text = "\n\n".join(tables)
+    say(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "combinations.md").write_text(text + "\n")
+
+
 def zeroshot(
     model: list[str] = typer.Option(
         ..., "--model", "-m", metavar="NAME", help="Model name or folder; repeat to compare models."
@@ -337,6 +404,12 @@ def zeroshot(
         help="Folder for results, per-class tables and confusion matrices (default: ./xmodal-zeroshot-DATE-TIME).",
     ),
     force: bool = FORCE_OPTION,
+    ensemble: bool = flag(
+        "Also score the models as one: the weighted average of their class probabilities.", "--ensemble"
+    ),
+    weights: str = typer.Option(
+        None, metavar="LIST", help="With --ensemble: one weight per model, comma-separated (default equal)."
+    ),
     precision: Precision = PRECISION_OPTION,
     no_cache: bool = NO_CACHE_OPTION,
     cache_file: Path = CACHE_FILE_OPTION,
@@ -355,6 +428,14 @@ def zeroshot(
     from xmodal.eval.report import write_zeroshot_results, zeroshot_report_markdown
     from xmodal.eval.zeroshot import evaluate_zeroshot, load_templates
 
+    if (ensemble or weights) and len(model) < 2:
+        raise typer.BadParameter("an ensemble needs two or more models", param_hint="--ensemble")
+    if weights and not ensemble:
+        raise typer.BadParameter("goes with --ensemble", param_hint="--weights")
+    try:
+        shares = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise typer.BadParameter(f"{weights!r}: numbers separated by commas", param_hint="--weights") from None
     try:
         data = read_classification(dataset, classnames=classnames, limit=limit, strict=strict)
     except XmodalError as exc:
@@ -365,17 +446,15 @@ def zeroshot(
         raise typer.BadParameter(str(exc), param_hint="--templates") from None
     folder, made = _out_folder(out, "xmodal-zeroshot", force)
     say(data.describe())
+    options = {"language": language, "batch_size": batch_size}
     with _cache(no_cache, cache_file) as cache, progress_bar(quiet) as progress:
-        results, failed = _each_model(
-            model,
-            precision,
-            lambda encoder: [
-                evaluate_zeroshot(
-                    encoder, data, prompts, language=language, cache=cache, progress=progress, batch_size=batch_size
-                )
-            ],
-            runtime,
-        )
+        options |= {"cache": cache, "progress": progress}
+        if ensemble:
+            results, failed = _zeroshot_ensemble(model, precision, data, prompts, shares, options)
+        else:
+            results, failed = _each_model(
+                model, precision, lambda encoder: [evaluate_zeroshot(encoder, data, prompts, **options)], runtime
+            )
     if results:
         unit = "percent" if percent else "fraction"
         paths = write_zeroshot_results(results, folder, unit)

@@ -47,6 +47,10 @@ def index(
     exclude: list[str] = typer.Option([], "--exclude", help="Glob of paths or names to skip (repeatable)."),
     follow_symlinks: bool = flag("Follow symbolic links (loop-safe).", "--follow-symlinks"),
     hidden: bool = flag("Include hidden files and folders.", "--hidden"),
+    text_ext: list[str] = typer.Option(
+        [], "--text-ext", help="Extension of text documents to index (repeatable; default .txt, .md, .caption)."
+    ),
+    no_text: bool = flag("Index no text: no documents, caption files or descriptions in photos.", "--no-text"),
     index_spec: str = typer.Option(
         None,
         "--index",
@@ -60,7 +64,9 @@ def index(
     target_recall: float = typer.Option(0.95, "--target-recall", help="Recall@10 vs exact search for --tune."),
     quiet: bool = flag("No progress bar.", "--quiet", "-q"),
 ) -> None:
-    """Index photos (and record videos) under PATHS: incremental, resumable, crash-safe.
+    """Index photos and text documents (and record videos) under PATHS: incremental, resumable,
+    crash-safe. A .txt or .caption file named like a photo (IMG_1.txt beside IMG_1.jpg) is also
+    that photo's caption, and so is the description a photo carries (XMP, IPTC, EXIF).
 
     Exit codes: 0 when anything was indexed (failed files are listed by `xmodal status --errors`),
     1 when every file failed, 75 when another process is indexing the library (see --wait),
@@ -68,7 +74,10 @@ def index(
     """
     from xmodal.store.ingest import EmbedConfig
 
+    if no_text and text_ext:
+        raise typer.BadParameter("--no-text and --text-ext contradict each other")
     config = EmbedConfig(batch_size=batch_size, workers=workers)
+    text_extensions = [] if no_text else (text_ext or None)
     lib = _open(library)
     with lib:
         report = None
@@ -81,6 +90,7 @@ def index(
                     exclude=exclude,
                     follow_symlinks=follow_symlinks,
                     include_hidden=hidden,
+                    text_extensions=text_extensions,
                     index_spec=index_spec,
                     config=config,
                     progress=progress,
@@ -147,14 +157,27 @@ def search(
     after: str = typer.Option(None, "--after", help="Taken at or after this date (2024, 2024-06, 2024-06-30)."),
     before: str = typer.Option(None, "--before", help="Taken before this date."),
     path_glob: str = typer.Option(None, "--path", help="Only paths matching this glob (e.g. '*/2023/*')."),
+    tag: list[str] = typer.Option(
+        [], "--tag", help="Only items carrying this zero-shot tag (repeatable: all of them)."
+    ),
     decay_days: float = typer.Option(
         None, "--decay-days", help="Favour recent items: each score times exp(-age in days / DAYS)."
     ),
-    min_score: float = typer.Option(
-        None, "--min-score", help="Cosine floor below which nothing counts as a match (default per model family)."
+    min_score: str = typer.Option(
+        None,
+        "--min-score",
+        help="Cosine floor below which nothing counts as a match: one number, or per type (text=0.6,image=0.2); "
+        "default: per model and pair of modalities.",
+    ),
+    combine: str = typer.Option(
+        "0.5",
+        "--combine",
+        help="A photo's score from its pixels and its captions: the caption's weight 0-1 (default 0.5), or max.",
     ),
     model: str = typer.Option(None, "--model", "-m", help="Which of the library's models (default: the last used)."),
-    moments: int = typer.Option(1, "--moments", min=0, help="Best-matching moments shown per video (0: none)."),
+    moments: int = typer.Option(
+        1, "--moments", min=0, help="Best-matching moments per video / windows per document shown (0: none)."
+    ),
     output: str = typer.Option(
         None, "--format", help="table (default on a terminal), paths (default in a pipe), tsv or json."
     ),
@@ -163,12 +186,13 @@ def search(
     null: bool = flag("With paths: end each with a NUL byte (for xargs -0).", "--null", "-0"),
     local: bool = flag("Search in this process even when `xmodal serve` holds the library open.", "--local"),
 ) -> None:
-    """Search the library by text, example image, indexed item, or a combination.
+    """Search the library by text, example image, indexed item, or a combination: photos, videos
+    and documents (--type to choose), photos also through their captions.
 
     When `xmodal serve` holds this library open, it answers (same results, in milliseconds);
     otherwise, or with --local, this process opens the model and the index itself."""
     from xmodal.cli import output as out
-    from xmodal.search import SearchResults
+    from xmodal.search import SearchResults, parse_min_score
 
     if not query and image is None and item is None:
         raise typer.BadParameter("give a query text, --image FILE or --item ID")
@@ -183,10 +207,12 @@ def search(
         before=before,
         item=item,
         path_glob=path_glob,
-        min_score=min_score,
+        tags=tag,
+        min_score=parse_min_score(min_score),
         decay_days=decay_days,
         model=model,
         moments=moments,
+        combine=combine,
     )
     answered = None
     if not local and image is None:
@@ -257,6 +283,12 @@ def status(
             f"index {idx['spec'] or idx['setting']} of {idx['size']} ({state})"
             + (f", {idx['search_params']}" if idx["search_params"] else "")
             + ("" if "verified" not in idx else "; verified" if idx["verified"] else f"; DAMAGED: {idx['problem']}")
+        )
+    tags = info.get("tags")
+    if tags:
+        state = "" if tags["finished"] and not tags["untagged"] else f"; {tags['untagged']} not tagged yet (xmodal tag)"
+        say(
+            f"  tags: {tags['tags']} on {tags['tagged']} photos, {tags['labels_given']} labels ({tags['threshold']}){state}"
         )
     if errors and not failures:
         say("no failed files")

@@ -49,7 +49,7 @@ def recall_figure(runs: Sequence[RetrievalResult], max_k: int = CURVE_MAX_K) -> 
             for d in r.directions:
                 if d.direction == direction:
                     curve = recall_curve(d.ranks, last)
-                    ax.plot(ks, curve, label=r.model, linewidth=1.6, marker="." if last < 12 else None)
+                    ax.plot(ks, curve, label=r.run_label, linewidth=1.6, marker="." if last < 12 else None)
         ax.plot(ks, d0.chance_curve[:last], linestyle="--", color="grey", linewidth=1, label="chance")
         ax.set_title(f"{d0.label} — {dataset} ({d0.queries} queries, {d0.gallery} candidates)", fontsize=9)
         ax.set_xlabel("K" + (f" (up to the gallery size, {d0.gallery})" if last < max_k else ""))

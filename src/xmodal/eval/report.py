@@ -86,7 +86,7 @@ def table_rows(results: Sequence[RetrievalResult], unit: str = "fraction") -> tu
     for result in results:
         for d in result.directions:
             m, trivial = d.metrics, {f"R@{k}" for k in d.trivial_ks()}
-            cells = [d.label, result.model, result.dataset, str(d.queries), str(d.gallery)]
+            cells = [d.label, result.run_label, result.dataset, str(d.queries), str(d.gallery)]
             cells += [_recall(m[r], unit) + (TRIVIAL if r in trivial else "") if r in m else "" for r in recalls]
             cells += [_rank(m["MedR"]), f"{m['MnR']:.1f}"] + ([_recall(m["MR"], unit)] if mr else [])
             rows.append(cells)
@@ -127,7 +127,7 @@ def summary_lines(results: Sequence[RetrievalResult]) -> list[str]:
         skipped = [f"{n} {what}" for n, what in partial_counts(r) if n]
         note = f"; skipped: {', '.join(skipped)}" if skipped else ""
         out.append(
-            f"{r.model} on {r.dataset} [{r.split or 'all'}]: {r.items} {r.kind}s, {r.texts} captions{note}; "
+            f"{r.run_label} on {r.dataset} [{r.split or 'all'}]: {r.items} {r.kind}s, {r.texts} captions{note}; "
             f"{r.cached.get('items', 0)} {r.kind} and {r.cached.get('texts', 0)} caption embeddings from cache; "
             f"{r.timings['wall_s']:.1f} s"
         )
@@ -168,7 +168,7 @@ def write_csv(results: Sequence[RetrievalResult], path: Path, unit: str = "fract
             for d in r.directions:
                 m = d.metrics
                 writer.writerow(
-                    [d.label, r.model, r.dataset, d.queries, d.gallery]
+                    [d.label, r.run_label, r.dataset, d.queries, d.gallery]
                     + [repr(m[k] * scale) if k in m else "" for k in recalls]
                     + [repr(m["MedR"]), repr(m["MnR"]), repr(m["MR"] * scale) if "MR" in m else ""]
                     + [r.split or "all", r.items, r.texts, len(r.missing), len(r.failed)]
@@ -187,6 +187,7 @@ def result_dict(r: RetrievalResult) -> dict:
         "format": r.format,
         "split": r.split or "all",
         "kind": r.kind,
+        "pooling": r.pooling,
         "counts": {
             "items": r.items,
             "texts": r.texts,
@@ -235,13 +236,14 @@ def _write_document(results: list[dict], path: Path) -> Path:
 
 
 def write_ranks(results: Sequence[RetrievalResult], path: Path) -> Path:
-    """Per-query ranks (1-based) as `MODEL/DATASET/DIRECTION`, and beside each the ids that join them
+    """Per-query ranks (1-based) as `MODEL/DATASET/DIRECTION` (MODEL with its pooling for videos:
+    "name · segments"), and beside each the ids that join them
     back: `.../query_ids` (ranks[i] belongs to query_ids[i]), `.../gallery_ids` (gallery order) and,
     for caption queries, `.../query_texts`. Strings are stored as unicode arrays: no pickle needed."""
     arrays: dict[str, np.ndarray] = {}
     for r in results:
         for d in r.directions:
-            key = f"{r.model}/{r.dataset}/{d.direction}"
+            key = f"{r.run_label}/{r.dataset}/{d.direction}"
             arrays[key] = d.ranks
             arrays[f"{key}/query_ids"] = np.array(d.query_ids, dtype=str)
             arrays[f"{key}/gallery_ids"] = np.array(d.gallery_ids, dtype=str)
@@ -275,7 +277,7 @@ def write_predictions(results: Sequence[RetrievalResult], folder: Path) -> list[
     paths = []
     for r in results:
         for d in r.directions:
-            path = folder / f"predictions_{safe_name(r.model)}_{safe_name(r.dataset)}_{d.direction}.jsonl"
+            path = folder / f"predictions_{safe_name(r.run_label)}_{safe_name(r.dataset)}_{d.direction}.jsonl"
             with open(path, "w", encoding="utf-8") as fp:
                 for record in prediction_lines(r, d):
                     fp.write(json.dumps(record, ensure_ascii=False) + "\n")

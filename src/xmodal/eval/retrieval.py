@@ -87,9 +87,15 @@ class RetrievalResult:
     failed: dict[str, str] = field(default_factory=dict)  # item id -> reason it could not be embedded
     malformed: list[str] = field(default_factory=list)
     texts_dropped: int = 0
+    pooling: str | None = None  # videos: how frames became one score (see xmodal.eval.embedding)
     cached: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     xmodal_version: str = xmodal.__version__
+
+    @property
+    def run_label(self) -> str:
+        """The model, and for videos its pooling: what tells the runs on one dataset apart."""
+        return self.model if self.pooling is None else f"{self.model} · {self.pooling}"
 
 
 def directions_for(kind: str, wanted: Sequence[str] | None = None) -> list[str]:
@@ -114,17 +120,26 @@ def evaluate_retrieval(
     cache: EmbeddingCache | None = None,
     progress: Progress | None = None,
     frames: int = DEFAULT_FRAMES,
+    pooling: str = "uniform",
     batch_size: int = 32,
     ks: Sequence[int] = DEFAULT_KS,
     predictions: int = 0,
 ) -> RetrievalResult:
     """Embed the dataset (through the cache), rank both ways, and compute R@K, MedR, MnR, MR.
+    Videos are pooled by `pooling` ("uniform" over `frames` frames, "segments" or "best").
     `predictions` > 0 also keeps each query's top-`predictions` gallery items (DirectionResult.top)."""
     progress = progress or NullProgress()
     directions_for(dataset.kind, directions)  # a bad choice fails before any encoding
     started = time.perf_counter()
     items = embed_items(
-        encoder, dataset.items, dataset.kind, frames=frames, batch_size=batch_size, cache=cache, progress=progress
+        encoder,
+        dataset.items,
+        dataset.kind,
+        frames=frames,
+        pooling=pooling,
+        batch_size=batch_size,
+        cache=cache,
+        progress=progress,
     )
     items_done = time.perf_counter()
     result = evaluate_embedded(
@@ -132,6 +147,7 @@ def evaluate_retrieval(
         dataset,
         items.vectors,
         failures=items.failures,
+        item_parts=items.parts,
         directions=directions,
         cache=cache,
         progress=progress,
@@ -139,6 +155,8 @@ def evaluate_retrieval(
         predictions=predictions,
     )
     result.cached["items"] = items.cached
+    if dataset.kind == "video":
+        result.pooling = pooling if pooling != "uniform" else f"uniform{frames}"
     result.timings = {"embed_items_s": items_done - started, **result.timings, "wall_s": time.perf_counter() - started}
     return result
 
@@ -149,13 +167,14 @@ def evaluate_models(
     *,
     precision: str = "fp32",
     runtime: str = "auto",
+    poolings: Sequence[str] = ("uniform",),
     on_error: Callable[[str, XmodalError], None] | None = None,
     **settings,
 ) -> list[RetrievalResult]:
     """Every model (a name, folder or loaded Encoder) on every dataset, model by model (one model in
-    memory at a time); `settings` are evaluate_retrieval's keywords. A model that cannot be loaded,
-    or a (model, dataset) pair that cannot be evaluated, goes to `on_error(model name, error)` and
-    the rest still runs; without `on_error` the error is raised."""
+    memory at a time), video datasets once per pooling; `settings` are evaluate_retrieval's keywords.
+    A model that cannot be loaded, or a (model, dataset) pair that cannot be evaluated, goes to
+    `on_error(model name, error)` and the rest still runs; without `on_error` the error is raised."""
     results: list[RetrievalResult] = []
 
     def failed(name: str, exc: XmodalError) -> None:
@@ -172,10 +191,11 @@ def evaluate_models(
             failed(name, exc)
             continue
         for dataset in datasets:
-            try:
-                results.append(evaluate_retrieval(encoder, dataset, **settings))
-            except XmodalError as exc:
-                failed(name, exc)
+            for pooling in poolings if dataset.kind == "video" else poolings[:1]:
+                try:
+                    results.append(evaluate_retrieval(encoder, dataset, pooling=pooling, **settings))
+                except XmodalError as exc:
+                    failed(name, exc)
     return results
 
 
@@ -185,6 +205,7 @@ def evaluate_embedded(
     item_vectors: np.ndarray,
     *,
     failures: dict[int, str] | None = None,
+    item_parts: Sequence[np.ndarray] | None = None,
     directions: Sequence[str] | None = None,
     cache: EmbeddingCache | None = None,
     progress: Progress | None = None,
@@ -193,17 +214,22 @@ def evaluate_embedded(
 ) -> RetrievalResult:
     """The retrieval benchmark for items already embedded (one row per dataset item, e.g. a
     library's stored vectors): embed the captions, rank both ways, compute the metrics.
-    `failures` (item index -> reason) are items without a usable row, left out of the gallery."""
+    `failures` (item index -> reason) are items without a usable row, left out of the gallery.
+    With `item_parts` (each item's (S_i, D) vectors, e.g. a video's segments) a caption scores an
+    item by its best part instead of by its row."""
     progress = progress or NullProgress()
     failures = failures or {}
     chosen = directions_for(dataset.kind, directions)
     started = time.perf_counter()
     evaluated = dataset.without_items(failures)
     if failures:  # a copy of the gallery only when rows must go
-        item_vectors = item_vectors[[i for i in range(len(dataset.items)) if i not in failures]]
+        kept = [i for i in range(len(dataset.items)) if i not in failures]
+        item_vectors = item_vectors[kept]
+        item_parts = None if item_parts is None else [item_parts[i] for i in kept]
     texts = embed_texts(encoder, evaluated.texts, language=dataset.language, cache=cache, progress=progress)
     texts_done = time.perf_counter()
-    results = _rank(chosen, item_vectors, texts.vectors, evaluated, ks, predictions)
+    similarity = None if item_parts is None else best_part_similarity(texts.vectors, item_parts)
+    results = _rank(chosen, item_vectors, texts.vectors, evaluated, ks, predictions, similarity)
     finished = time.perf_counter()
     return RetrievalResult(
         model=encoder.name,
@@ -229,6 +255,19 @@ def evaluate_embedded(
     )
 
 
+def best_part_similarity(text_vectors: np.ndarray, parts: Sequence[np.ndarray], block: int = 4096) -> np.ndarray:
+    """(T, N) similarity of each text to each item's best part: max over the item's (S_i, D) rows."""
+    if any(len(p) == 0 for p in parts):
+        raise InvalidArgumentError("item_parts", "an empty part list", "at least one vector per item")
+    flat = np.concatenate(parts) if parts else np.zeros((0, text_vectors.shape[1]), np.float32)
+    offsets = np.cumsum([0, *map(len, parts[:-1])]) if parts else np.zeros(0, np.int64)
+    out = np.empty((len(text_vectors), len(parts)), np.float32)
+    for start in range(0, len(text_vectors), block):  # bounded memory: block x (all parts)
+        scores = text_vectors[start : start + block] @ flat.T
+        out[start : start + block] = np.maximum.reduceat(scores, offsets, axis=1) if parts else scores[:, :0]
+    return out
+
+
 def _rank(
     directions: Sequence[str],
     item_vectors: np.ndarray,
@@ -236,15 +275,18 @@ def _rank(
     dataset: RetrievalDataset,
     ks: Sequence[int],
     predictions: int = 0,
+    similarity: np.ndarray | None = None,
 ) -> list[DirectionResult]:
     """Both directions from one text x item similarity matrix when it fits the memory budget (one
-    matmul; image->text reads it column-wise), else each direction from embeddings in blocks."""
+    matmul; image->text reads it column-wise), else each direction from embeddings in blocks.
+    A given `similarity` (best-part scores) is used as it is."""
     text_positives = dataset.text_positives
     by_item = dataset.item_positives  # computed once: it is derived from all captions
     captioned = [i for i, p in enumerate(by_item) if p]
     item_positives = [by_item[i] for i in captioned]
-    shared = len(text_vectors) * len(item_vectors) * 4 <= SIMILARITY_BUDGET_BYTES
-    similarity = text_vectors @ item_vectors.T if shared else None
+    shared = similarity is not None or len(text_vectors) * len(item_vectors) * 4 <= SIMILARITY_BUDGET_BYTES
+    if similarity is None and shared:
+        similarity = text_vectors @ item_vectors.T
     results = []
     for direction in directions:
         top = None

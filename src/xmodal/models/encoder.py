@@ -212,6 +212,11 @@ class Encoder:
         """Token ids and attention mask for the textual tower."""
         return self.tokenizer.encode(list(texts), language)
 
+    def text_windows(self, text: str, language: str | None = None, limit: int | None = None) -> TokenBatch:
+        """A document's overlapping context-length windows (the first `limit`) with their
+        character spans, for `embed_tokens` (long_text="window" embeds the same windows)."""
+        return self.tokenizer.encode_windows(text, language, limit)
+
     def embed_tokens(self, tokens: TokenBatch, session: EncoderSession | None = None) -> np.ndarray:
         """Tokenized batch -> (N, D) unit rows (by the text tower, or the `session` given)."""
         if len(tokens) == 0:
@@ -277,7 +282,7 @@ class Encoder:
             raise InvalidArgumentError("long_text", long_text, LONG_TEXT_MODES)
         texts = list(texts)
         if long_text == "window":
-            rows = [self.embed_tokens(self.tokenizer.encode_windows(t, language)).mean(axis=0) for t in texts]
+            rows = [self.embed_tokens(self.text_windows(t, language)).mean(axis=0) for t in texts]
             return l2_normalize(np.stack(rows)) if rows else np.zeros((0, self.dim), np.float32)
         parts = [
             self.embed_tokens(self.tokenize(texts[i : i + batch_size], language))

@@ -46,11 +46,13 @@ SEARCH_FIELDS = frozenset(
         "before",
         "item",
         "path_glob",
+        "tags",
         "min_score",
         "decay_days",
         "model",
         "moments",
         "language",
+        "combine",
     }
 )
 

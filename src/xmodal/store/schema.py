@@ -3,14 +3,16 @@ transaction by `Catalog` (a newer database than VERSION is refused, never altere
 
 Version 2 adds the catalog's identity (a UUID and a random token per revision, which saved indexes
 carry), video/text segments, per-video metadata, indexed roots that can be offline, and a log of
-deleted item ids so indexes catch up without a full rebuild.
+deleted item ids so indexes catch up without a full rebuild. Version 3 adds the words of text
+segments (the snippet a hit shows) and zero-shot tags: tagging runs (model, vocabulary, the
+thresholds used), which contents a run has tagged, and the tags themselves, all keyed by content
+like embeddings (a moved or copied photo keeps its tags).
 
 Version 4 makes content keys SHA-256 (64 hex digits; 3x faster here than the BLAKE2b-128 keys of
-versions 1-2, which hashing cost on every changed file). Existing keys stay valid and keep their
+versions 1-3, which hashing cost on every changed file). Existing keys stay valid and keep their
 embeddings: a file whose size and mtime did not change is never read again, so its 32-digit key
 and its vector stay as they are; a file that changes, or a new copy of old content, gets a SHA-256
-key (a copy of content known only by its old key is encoded once more). Migration 3 is another
-change's; this one does not depend on it.
+key (a copy of content known only by its old key is encoded once more; its tags likewise).
 """
 
 from __future__ import annotations
@@ -92,6 +94,34 @@ CREATE TABLE revisions (revision INTEGER PRIMARY KEY, token TEXT NOT NULL, at RE
 )
 
 
+_V3 = """
+ALTER TABLE segments ADD COLUMN text TEXT;
+CREATE TABLE tag_runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_key   TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    vocabulary  TEXT NOT NULL,
+    thresholds  TEXT NOT NULL,
+    calibrated_on INTEGER NOT NULL,
+    started_at  REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE tagged (
+    content_hash TEXT PRIMARY KEY,
+    run          INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE tags (
+    content_hash TEXT NOT NULL,
+    label        TEXT NOT NULL,
+    score        REAL NOT NULL,
+    confidence   REAL NOT NULL,
+    run          INTEGER NOT NULL,
+    PRIMARY KEY (content_hash, label)
+) WITHOUT ROWID;
+CREATE INDEX tags_label ON tags (label);
+"""
+
+
 def _new_identity(conn: sqlite3.Connection) -> None:
     """A UUID for the catalog and a token for the revision it is at (a migrated one keeps its revision)."""
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('uuid', ?)", (str(uuid.uuid4()),))
@@ -124,6 +154,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _V2,
         _new_identity,
     ),
+    Migration(3, "words of text segments, zero-shot tags", _V3),
     Migration(
         4,
         "SHA-256 content keys for changed and new files (existing keys and embeddings kept)",
