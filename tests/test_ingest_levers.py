@@ -101,3 +101,37 @@ def test_old_catalog_keeps_its_keys_and_embeddings_and_new_files_get_sha256(tmp_
             assert report.added == 3 and report.encoded == 3
             rows = [r for r in lib.catalog.items_under([str(tmp_path / "new")]).values()]
         assert all(len(r.content_hash) == 64 and r.content_hash == content_hash(r.path) for r in rows)
+
+
+def test_version_3_library_with_tags_migrates_keeping_keys_embeddings_and_tags(tmp_path: Path, monkeypatch):
+    """A library at version 3 (text items and tags, BLAKE2b keys) reaches version 4 in place: its
+    keys, their vectors and the tags keyed by them stay, and searches by tag find the same item."""
+    import xmodal.store.catalog as catalog_module
+    from xmodal.store.catalog import Catalog
+    from xmodal.store.schema import MIGRATIONS, VERSION
+
+    assert [m.version for m in MIGRATIONS] == list(range(1, VERSION + 1)) and VERSION == 4
+    library = tmp_path / "library"
+    shutil.copytree(FIXTURE_V1 / "library", library)
+    with monkeypatch.context() as patch:  # the xmodal that made version 3
+        patch.setattr(catalog_module, "MIGRATIONS", MIGRATIONS[:3])
+        patch.setattr(catalog_module, "VERSION", 3)
+        catalog = Catalog(library / "catalog.sqlite")
+        assert catalog.version() == 3
+        item, digest = catalog.conn.execute(
+            "SELECT id, content_hash FROM items WHERE status = 'ok' ORDER BY id LIMIT 1"
+        ).fetchone()
+        (model_key,) = catalog.conn.execute("SELECT key FROM models").fetchone()
+        with catalog.transaction():
+            run = catalog.tags.start_run(model_key, "d", {"groups": [{"labels": ["dog", "cat"]}]}, {}, 1)
+            catalog.conn.execute("INSERT INTO tags VALUES (?, 'dog', 0.3, 0.9, ?)", (digest, run))
+            catalog.conn.execute("INSERT INTO tagged VALUES (?, ?)", (digest, run))
+            catalog.tags.finish_run(run)
+        catalog.close()
+    with Library(library) as lib:
+        found = [h.item_id for h in lib.search("a red circle", k=5, tags=["dog"], min_score=-1)]
+        assert lib.status()["catalog"]["version"] == 4
+    assert found == [item] and len(digest) == 32
+    with sqlite3.connect(library / "catalog.sqlite") as conn:
+        assert conn.execute("SELECT content_hash FROM tags WHERE label = 'dog'").fetchall() == [(digest,)]
+        assert conn.execute("SELECT count(*) FROM embeddings WHERE content_hash = ?", (digest,)).fetchone()[0] == 1
