@@ -170,12 +170,13 @@ def ensure_library(work: Path, model: Path, n: int, folder: Path | None = None) 
             catalog.embeddings.put_many(record.key, ((f"{i:032x}", vectors[i]) for i in range(start, stop)))
     catalog.update_model(record.key, last_indexed_at=time.time())
     IndexCache(folder).save(catalog, catalog.model(record.key))
-    try:  # what an index run does with XMODAL_QUERY_INT8=1 (an older tree has no such step)
+    try:  # what an index run does (int8: with XMODAL_QUERY_INT8=1); an older tree has no such step
         from xmodal.models import query_tower
     except ImportError:
         pass
     else:
-        print(f"int8 query tower: {query_tower.prepare(encoder)}")
+        for kind in getattr(query_tower, "KINDS", ("int8",)):
+            print(f"{kind} query tower: {query_tower.prepare(encoder, kind)}")
     catalog.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     catalog.close()
     return folder
@@ -308,6 +309,7 @@ def cold_search(args, work: Path, model: Path, rclip: tuple[Path, Path] | None) 
         variants[f"xmodal {n}"] = ("xmodal", n, lib, src)
         variants[f"xmodal {n} cached query"] = ("cached", n, lib, src)
         variants[f"xmodal {n} int8 query"] = ("int8", n, lib, src)
+        variants[f"xmodal {n} own tower"] = ("own", n, lib, src)  # no query towers: the model's own text graph
         if args.baseline_src:
             twin = ensure_baseline_library(work, model, n, args.baseline_src)
             variants[f"baseline {n}"] = ("xmodal", n, twin, args.baseline_src)
@@ -339,14 +341,18 @@ def cold_search(args, work: Path, model: Path, rclip: tuple[Path, Path] | None) 
                     command[4] = "a photo of a dog on a beach"  # the same text every round: cached after round 0
                 if kind == "int8":
                     env["XMODAL_QUERY_INT8"] = "1"
+                if kind == "own":
+                    env["XMODAL_CACHE"] = str(work / "cache-without-towers")
             wall, cpu, out = timed(command, env, cwd)
             if len(out.splitlines()) != 10:
                 raise RuntimeError(f"{name}: {len(out.splitlines())} results")
             if round_:
                 times[name].append(wall)
                 cpus[name].append(cpu)
-            if round_ and kind in ("xmodal", "int8") and round_ <= args.split_rounds:
+            if round_ and kind in ("xmodal", "int8", "own") and round_ <= args.split_rounds:
                 extra = {**cache, "XMODAL_QUERY_INT8": "1" if kind == "int8" else "0"}
+                if kind == "own":
+                    extra["XMODAL_CACHE"] = str(work / "cache-without-towers")
                 splits.setdefault(name, []).append(split(tree, where, query_text(round_, n, name + "s"), extra))
         print(f"round {round_} done, load average {load:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
     summary = {
@@ -445,7 +451,9 @@ def main() -> None:
     parser.add_argument("--index-photos", type=int, default=0, help="12 MP photos for the indexing comparison")
     parser.add_argument("--index-rounds", type=int, default=2)
     parser.add_argument("--skip-cold", action="store_true")
-    parser.add_argument("--only", default="", help="comma-separated variant kinds: xmodal,cached,int8,baseline,rclip")
+    parser.add_argument(
+        "--only", default="", help="comma-separated variant kinds: xmodal,cached,int8,own,baseline,rclip"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--build-library", type=int, help=argparse.SUPPRESS)  # (in the tree on PYTHONPATH)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

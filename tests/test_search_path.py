@@ -111,9 +111,9 @@ def test_text_queries_are_cached_by_model_language_and_text(library: Path, monke
     encoded: list[list[str]] = []
     original = Encoder.embed_queries
 
-    def counting(self, texts, language=None):
+    def counting(self, texts, language=None, **kwargs):
         encoded.append(list(texts))
-        return original(self, texts, language)
+        return original(self, texts, language, **kwargs)
 
     monkeypatch.setattr(Encoder, "embed_queries", counting)
     with Library(library) as lib:
@@ -208,9 +208,9 @@ def test_int8_query_tower_only_where_it_agrees_with_fp32(clip_model_dir: Path, m
     assert query_tower.ready_path(encoder.config.textual_path) is None  # not prepared: fp32 answers
     texts = ["a red circle", "two dogs on a beach at sunset"]
     np.testing.assert_array_equal(encoder.embed_queries(texts), encoder.embed_texts(texts))
-    verdict = encoder.prepare_queries()
+    verdict = encoder.prepare_queries()["int8"]
     assert verdict["probe_texts"] == len(query_tower.PROBE_TEXTS) and verdict["ok"] == (verdict["min_cosine"] >= 0.999)
-    assert encoder.prepare_queries() == verdict  # measured once per model and CPU kind
+    assert encoder.prepare_queries()["int8"] == verdict  # measured once per model and CPU kind
     fresh = xmodal.load_model(clip_model_dir)
     queries, plain = fresh.embed_queries(texts), fresh.embed_texts(texts)
     if verdict["ok"]:
@@ -218,7 +218,36 @@ def test_int8_query_tower_only_where_it_agrees_with_fp32(clip_model_dir: Path, m
     else:
         assert fresh._sessions["query"] is None
         np.testing.assert_array_equal(queries, plain)
-    assert xmodal.load_model(clip_model_dir, precision="int8").prepare_queries() is None  # int8 models: as they are
+    assert xmodal.load_model(clip_model_dir, precision="int8").prepare_queries() == {}  # int8 models: as they are
     monkeypatch.setenv("XMODAL_QUERY_INT8", "0")
     settings.configure()
     np.testing.assert_array_equal(xmodal.load_model(clip_model_dir).embed_queries(texts), plain)  # off by default
+
+
+def test_mapped_query_tower_gives_the_fp32_embeddings_and_maps_its_weights(clip_model_dir: Path, monkeypatch):
+    """The mapped copy (optimized graph, weights in their own file, no prepacking) embeds queries
+    as the model's own tower does; small graphs get none; a resident process keeps the own tower."""
+    import onnx
+
+    from xmodal import settings
+    from xmodal.models import query_tower
+
+    monkeypatch.setenv("XMODAL_QUERY_INT8", "0")
+    settings.configure()
+    encoder = xmodal.load_model(clip_model_dir)
+    assert encoder.prepare_queries() == {}  # a small text graph: opening it as it is costs little
+    monkeypatch.setattr(query_tower, "MAPPED_MIN_BYTES", 0)
+    verdict = encoder.prepare_queries()["mapped"]
+    assert verdict["ok"] and verdict["min_cosine"] >= 0.99999
+    graph = query_tower.ready_path(encoder.config.textual_path, "mapped")
+    weights = graph.with_name("model.weights")
+    assert weights.stat().st_size > 0.9 * encoder.config.textual_path.stat().st_size  # the weights live outside
+    external = [t for t in onnx.load(str(graph), load_external_data=False).graph.initializer if t.external_data]
+    assert external and graph.stat().st_size < weights.stat().st_size / 10
+    texts = ["a red circle", "two dogs on a beach at sunset", "receipt"]
+    fresh = xmodal.load_model(clip_model_dir)
+    queries, plain = fresh.embed_queries(texts), fresh.embed_texts(texts)
+    assert fresh._sessions["query"].path == graph
+    np.testing.assert_allclose(queries, plain, atol=2e-5)
+    np.testing.assert_array_equal(fresh.embed_queries(texts, resident=True), plain)
+    assert fresh._sessions["query resident"] is None

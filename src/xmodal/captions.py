@@ -81,13 +81,15 @@ def library_sample(catalog: Catalog, model_key: str, limit: int = SAMPLE) -> Lib
     files: dict[str, list[ItemRecord]] = {}
     for row in catalog.caption_files():
         files.setdefault(caption_key(row.path) or "", []).append(row)
-    photos = _spread(catalog.filtered_ids(type="image", model_key=model_key), limit)
-    _, pixels = catalog.vectors(model_key, photos)
     file_ids = np.sort(np.asarray([r.id for rows in files.values() for r in rows], dtype=np.int64))
     _, captions = catalog.vectors(model_key, _spread(file_ids, limit))
     described = catalog.description_vectors(model_key, limit)
     parts = [v for v in (captions, described) if len(v)]
-    return LibrarySample(pixels, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32), files)
+    captions = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    pixels = np.zeros((0, 0), np.float32)
+    if len(captions) >= 2:  # else no scales (see `scales`): a library without words reads no photo ids
+        _, pixels = catalog.vectors(model_key, _spread(catalog.filtered_ids(type="image", model_key=model_key), limit))
+    return LibrarySample(pixels, captions, files)
 
 
 def _spread(ids: np.ndarray, limit: int) -> np.ndarray:

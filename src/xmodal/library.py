@@ -110,6 +110,7 @@ class Library:
         self._guard = threading.Lock()
         self._encoders: dict[str, Embedder] = {}
         self._queries = QueryCache(self.folder)
+        self._resident = False  # a long-lived process (warm_up): queries through the model's prepacked tower
         self._samples: dict[tuple[str, int], LibrarySample] = {}
 
     def __enter__(self) -> Library:
@@ -408,8 +409,9 @@ class Library:
 
         def texts(values: list[str]) -> np.ndarray:
             def encode(missing: list[str]) -> np.ndarray:
-                embed = getattr(encoder, "embed_queries", None) or encoder.embed_texts  # any Embedder
-                return embed(missing, language)
+                if getattr(encoder, "embed_queries", None) is None:  # any Embedder
+                    return encoder.embed_texts(missing, language)
+                return encoder.embed_queries(missing, language, resident=self._resident)
 
             return self._queries.vectors(record.key, values, language, encode)
 
@@ -455,8 +457,9 @@ class Library:
     def warm_up(self, model: ModelChoice = None) -> None:
         """Load what a search needs now rather than on the first one (a resident server's start):
         the model's text tower and its index snapshot, every block of it checked and read."""
+        self._resident = True
         record = self._model_record(self.catalog, model)
-        self._encoder_of(record, model).embed_texts(["warm up"])
+        self._encoder_of(record, model).embed_queries(["warm up"], resident=True)
         snapshot = self._indexes.snapshot(self.catalog, record)
         try:
             snapshot.search(np.ones(record.dim, np.float32) / np.sqrt(record.dim), 1)
@@ -721,15 +724,15 @@ class Library:
 
 
 def _prepare_queries(encoder: Embedder) -> None:
-    """Give the model its int8 query tower when it agrees with fp32 (made once, by a writer: a
-    search never waits for it)."""
+    """Give the model its query towers (a mapped fp32 copy, the int8 one when asked for) where they
+    agree with fp32 (made once, by a writer: a search never waits for them)."""
     prepare = getattr(encoder, "prepare_queries", None)
     if prepare is None:
         return
     try:
         prepare()
     except (XmodalError, OSError, RuntimeError) as exc:  # an optimization: searching works without it
-        log.warning("%s: no int8 query tower (%s); queries use the fp32 text tower", encoder.name, exc)
+        log.warning("%s: no query tower (%s); queries use the model's own text tower", encoder.name, exc)
 
 
 class _OnFirstUse:

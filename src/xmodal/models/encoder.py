@@ -235,34 +235,44 @@ class Encoder:
                 )
         return l2_normalize(session.run(feeds))
 
-    def embed_queries(self, texts: Sequence[str], language: str | None = None) -> np.ndarray:
-        """Search queries -> (N, D) unit rows: by the int8 query tower where one was prepared and
-        agrees with this fp32 model (cosine >= 0.999, models/query_tower.py), else `embed_texts`."""
+    def embed_queries(self, texts: Sequence[str], language: str | None = None, *, resident: bool = False) -> np.ndarray:
+        """Search queries -> (N, D) unit rows through the fastest checked query tower of this fp32
+        model (models/query_tower.py): int8 where XMODAL_QUERY_INT8 asks for it and it agrees,
+        else, for a one-shot process, the mapped fp32 copy; else (and for a `resident` process,
+        which keeps the prepacked tower) `embed_texts`."""
+        key = "query resident" if resident else "query"
         with self._lock:
-            if "query" not in self._sessions:
-                from xmodal.models import query_tower
-
-                ready = None
-                if (
-                    settings.current().query_int8
-                    and self.precision == "fp32"
-                    and self.runtime in ("auto", "onnxruntime")
-                ):
-                    ready = query_tower.ready_path(self.config.textual_path)
-                self._sessions["query"] = query_tower.open_session(ready, self.threads) if ready else None
-            session = self._sessions["query"]
+            if key not in self._sessions:
+                self._sessions[key] = self._query_session(resident)
+            session = self._sessions[key]
         if session is None:
             return self.embed_texts(texts, language)
         return self.embed_tokens(self.tokenize(list(texts), language), session=session)
 
-    def prepare_queries(self) -> dict | None:
-        """Make and check the int8 query tower of an fp32 model (once per model and CPU kind; the
-        verdict) when XMODAL_QUERY_INT8 asks for one; None for other precisions and runtimes."""
-        if not settings.current().query_int8 or self.precision != "fp32" or self.runtime not in ("auto", "onnxruntime"):
+    def _query_session(self, resident: bool) -> EncoderSession | None:
+        if self.precision != "fp32" or self.runtime not in ("auto", "onnxruntime"):
             return None
         from xmodal.models import query_tower
 
-        return query_tower.prepare(self)
+        kinds = ["int8"] if settings.current().query_int8 else []
+        for kind in kinds if resident else [*kinds, "mapped"]:
+            ready = query_tower.ready_path(self.config.textual_path, kind)
+            if ready is not None:
+                return query_tower.open_session(ready, self.threads, kind)
+        return None
+
+    def prepare_queries(self) -> dict[str, dict]:
+        """Make and check the query towers worth having for this fp32 model (once per model and
+        CPU kind; models/query_tower.py): their verdicts by kind; none for other precisions and
+        runtimes."""
+        if self.precision != "fp32" or self.runtime not in ("auto", "onnxruntime"):
+            return {}
+        from xmodal.models import query_tower
+
+        textual = self.config.textual_path
+        return {
+            kind: query_tower.prepare(self, kind) for kind in query_tower.KINDS if query_tower.wanted(textual, kind)
+        }
 
     def embed_texts(
         self,

@@ -47,15 +47,18 @@ class OnnxRuntimeSession:
     """An onnxruntime.InferenceSession that casts inputs to the graph's dtypes and loops over
     the batch when the graph has a fixed batch of 1 (Immich's exports)."""
 
-    def __init__(self, path: Path, threads: int | None = None, *, saved_optimized: bool = False):
+    def __init__(self, path: Path, threads: int | None = None, *, saved_optimized: bool = False, prepack: bool = True):
         import onnxruntime as ort
 
         _check_file(path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if saved_optimized:  # an ORT-format graph optimized for this CPU before: nothing to rewrite
+        if saved_optimized:  # a graph optimized for this CPU before (ORT or ONNX format): nothing to rewrite
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            options.add_session_config_entry("session.load_model_format", "ORT")
+            if path.suffix == ".ort":
+                options.add_session_config_entry("session.load_model_format", "ORT")
+        if not prepack:  # weights used where they lie (a mapped external-data file), not copied into packed form
+            options.add_session_config_entry("session.disable_prepacking", "1")
         # Idle worker threads sleep instead of spinning: the encoder shares the cores with decode
         # threads (library ingest) or other jobs, whose CPU spinning steals (benchmarks/ingest.py:
         # end to end +20-35 %; the encoder alone was not slower on the shared 2-core machine).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import string
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -111,11 +111,18 @@ class TextTokenizer:
         self.context_length = cfg.context_length
         self.pad_id = self._pad_id(tokenizer_path)
         self.is_multilingual_nllb = self._tok.token_to_id(DEFAULT_FLORES) is not None
-        # Two configured copies instead of toggling one: encode() stays thread-safe.
         self._tok.no_padding()
-        self._windows = Tokenizer.from_str(self._tok.to_str())
         self._tok.enable_truncation(max_length=self.context_length)
-        self._windows.enable_truncation(max_length=self.context_length, stride=self.context_length // 4)
+
+    @cached_property
+    def _windows(self) -> Tokenizer:
+        """A second configured copy for overlapping windows instead of toggling one (encode() stays
+        thread-safe), made when documents are first windowed: copying a CLIP vocabulary costs
+        ~0.2 s, which a search for a text never needs."""
+        windows = Tokenizer.from_str(self._tok.to_str())
+        windows.no_truncation()
+        windows.enable_truncation(max_length=self.context_length, stride=self.context_length // 4)
+        return windows
 
     def _pad_id(self, path: Path) -> int:
         if self.cfg.pad_token is None:
