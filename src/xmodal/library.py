@@ -462,7 +462,8 @@ class Library:
         self._encoder_of(record, model).embed_queries(["warm up"], resident=True)
         snapshot = self._indexes.snapshot(self.catalog, record)
         try:
-            snapshot.search(np.ones(record.dim, np.float32) / np.sqrt(record.dim), 1)
+            if len(snapshot):
+                snapshot.search(np.ones(record.dim, np.float32) / np.sqrt(record.dim), 1)
         except IndexFileError as exc:
             self._indexes.damaged(self.catalog, record, exc)
 

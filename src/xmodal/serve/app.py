@@ -120,10 +120,12 @@ async def _lifespan(app: FastAPI):
 
 
 def _warm_up(library: Library) -> None:
-    """Load the library's model before the first search needs it; a library that cannot search yet
-    (no model, a model folder gone) is served anyway, and its searches say why."""
+    """Load the library's model and index before the first search needs them (queries through the
+    prepacked text tower a long-lived process wants); a library that cannot search yet (no model, a
+    model folder gone) is served anyway, and its searches say why."""
     try:
         encoder = library.encoder()
+        library.warm_up()
     except XmodalError as exc:
         log.warning("%s: searches will fail until this is fixed: %s", library.folder, exc)
         return
