@@ -251,3 +251,14 @@ def test_mapped_query_tower_gives_the_fp32_embeddings_and_maps_its_weights(clip_
     np.testing.assert_allclose(queries, plain, atol=2e-5)
     np.testing.assert_array_equal(fresh.embed_queries(texts, resident=True), plain)
     assert fresh._sessions["query resident"] is None
+
+
+def test_a_warmed_up_library_embeds_queries_as_a_long_lived_process(library: Path):
+    """A resident server's library keeps the model's own prepacked text tower (never the mapped
+    one-shot copy) and has read its index before the first search."""
+    with Library(library) as lib:
+        lib.warm_up()
+        (encoder,) = lib._encoders.values()
+        assert "query resident" in encoder._sessions and "query" not in encoder._sessions
+        assert len(lib.search("a green triangle seen from far away", k=3, min_score=-1)) == 3
+        assert "query" not in encoder._sessions

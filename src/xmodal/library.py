@@ -409,9 +409,7 @@ class Library:
 
         def texts(values: list[str]) -> np.ndarray:
             def encode(missing: list[str]) -> np.ndarray:
-                if getattr(encoder, "embed_queries", None) is None:  # any Embedder
-                    return encoder.embed_texts(missing, language)
-                return encoder.embed_queries(missing, language, resident=self._resident)
+                return _embed_queries(encoder, missing, language, resident=self._resident)
 
             return self._queries.vectors(record.key, values, language, encode)
 
@@ -459,7 +457,7 @@ class Library:
         the model's text tower and its index snapshot, every block of it checked and read."""
         self._resident = True
         record = self._model_record(self.catalog, model)
-        self._encoder_of(record, model).embed_queries(["warm up"], resident=True)
+        _embed_queries(self._encoder_of(record, model), ["warm up"], None, resident=True)
         snapshot = self._indexes.snapshot(self.catalog, record)
         try:
             if len(snapshot):
@@ -722,6 +720,13 @@ class Library:
             f"model {record.name}: cannot load it again ({'; '.join(problems)}); if its folder moved, pass "
             f"--model NEWPATH (the same files); to use other files, index again with them"
         )
+
+
+def _embed_queries(encoder: Embedder, texts: list[str], language: str | None, resident: bool) -> np.ndarray:
+    """Search texts through the encoder's query towers when it has them (any Embedder otherwise)."""
+    if getattr(encoder, "embed_queries", None) is None:
+        return encoder.embed_texts(texts, language)
+    return encoder.embed_queries(texts, language, resident=resident)
 
 
 def _prepare_queries(encoder: Embedder) -> None:
