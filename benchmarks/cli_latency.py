@@ -11,7 +11,7 @@ search used (xmodal caches query embeddings: the cached case is its own row). Va
 interleaved in rounds; each reports its median, and the load average is printed with each round.
 
     python benchmarks/cli_latency.py --work DIR [--sizes 2000,20000,100000,1000000] [--rounds 5] \\
-        [--baseline-src OLD_TREE/src] [--rclip] [--index-photos 24] [--warm 40]
+        [--baseline-src OLD_TREE/src] [--rclip] [--index-photos 24] [--warm 40] [--warm-index HNSW32,SQfp16]
 
 Needs the [torch] extra once (to build the model; --work keeps it and the libraries between runs)
 and, for --rclip, installs rclip from the registry into its own venv under --work.
@@ -179,6 +179,20 @@ def ensure_library(work: Path, model: Path, n: int, folder: Path | None = None) 
             print(f"{kind} query tower: {query_tower.prepare(encoder, kind)}")
     catalog.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     catalog.close()
+    return folder
+
+
+def ensure_ann_library(work: Path, model: Path, n: int, spec: str) -> Path:
+    """The same library with its index rebuilt as `spec` (a Faiss factory string)."""
+    folder = work / f"lib-{n}-{spec.replace(',', '_')}"
+    done = folder / ".index-built"
+    if not done.exists():
+        from xmodal.library import Library
+
+        ensure_library(work, model, n, folder)
+        with Library(folder) as lib:
+            print(f"index {spec} of {n}: {lib.rebuild_index(spec=spec)}", flush=True)
+        done.touch()
     return folder
 
 
@@ -371,7 +385,7 @@ def warm_search(args, work: Path, model: Path) -> dict:
     out = {}
     env = _env(ROOT / "src", XMODAL_CACHE=str(work / "cache"), OMP_WAIT_POLICY="PASSIVE")
     for n in args.sizes:
-        lib = ensure_library(work, model, n)
+        lib = ensure_ann_library(work, model, n, args.warm_index) if args.warm_index else ensure_library(work, model, n)
         (lib / ADDRESS_FILE).unlink(missing_ok=True)
         code = "import sys; from xmodal.serve.resident import serve_library; serve_library(sys.argv[1])"
         server = subprocess.Popen([sys.executable, "-c", code, str(lib)], env=env)
@@ -400,6 +414,7 @@ def warm_search(args, work: Path, model: Path) -> dict:
                 "cached_request_p50_ms": 1000 * median(cached),
                 "cli_process_p50_ms": 1000 * median(cli),
                 "load": os.getloadavg()[0],
+                "index": args.warm_index or "exact",
             }
             print(f"warm {n}: {out[n]}", flush=True)
         finally:
@@ -448,6 +463,9 @@ def main() -> None:
     parser.add_argument("--rclip", action="store_true", help="install rclip and measure it too")
     parser.add_argument("--rclip-max", type=int, default=20_000, help="largest library rclip is measured on")
     parser.add_argument("--warm", type=int, default=0, help="searches per size through a resident server")
+    parser.add_argument(
+        "--warm-index", default="", help="the resident server's libraries get this index (HNSW32,SQfp16)"
+    )
     parser.add_argument("--index-photos", type=int, default=0, help="12 MP photos for the indexing comparison")
     parser.add_argument("--index-rounds", type=int, default=2)
     parser.add_argument("--skip-cold", action="store_true")
