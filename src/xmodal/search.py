@@ -138,7 +138,8 @@ class CaptionMatch:
 @dataclass(frozen=True)
 class Hit:
     """One search result. `score` is what ranks (after decay); `similarity` the raw cosine;
-    `moments` the item's best-matching parts, best first (videos and texts)."""
+    `moments` the item's best-matching parts, best first (videos and texts): the best one always,
+    the others only when they pass the item's score floor too; `duration` a video's length."""
 
     rank: int
     item_id: int
@@ -152,6 +153,7 @@ class Hit:
     pixel_score: float | None = None  # a photo's own (pixels') similarity, when captions took part
     caption: CaptionMatch | None = None  # a photo's best caption, when it has one
     tags: tuple[str, ...] = ()
+    duration: float | None = None
 
     @property
     def timestamp(self) -> float | None:
@@ -177,6 +179,7 @@ class Hit:
             "similarity": round(self.similarity, 6),
             "taken_at": self.taken_at.isoformat(timespec="seconds") if self.taken_at else None,
             "timestamp": self.timestamp,
+            "duration": round(self.duration, 3) if self.duration is not None else None,
             "moments": [m.to_dict() for m in self.moments],
             "offline": self.offline,
             "snippet": self.snippet,
