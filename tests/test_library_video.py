@@ -53,6 +53,8 @@ def test_a_caption_finds_its_video_at_rank_1_for_most(indexed):
         first.append(names.index(Path(record["path"]).name) + 1)
     assert sum(rank == 1 for rank in first) >= 0.6 * N_VIDEOS, first
     assert max(first) <= 4, first
+    floored = lib.search(records[0]["captions"][0], k=N_VIDEOS, type="video")
+    assert floored.min_scores["video"] == 0.07 and all(h.score >= 0.07 for h in floored)  # the measured floor
 
 
 def test_each_scene_of_a_cut_video_is_found_in_its_half(indexed):
