@@ -209,7 +209,9 @@ def test_item_details(served):
     clip = server.client.get(f"/api/items/{item_of(shapes, video)}").json()
     assert clip["type"] == "video" and clip["status"] == "ok" and clip["models"] == ["xmodal-tiny-shapes"]
     assert (clip["duration"], clip["fps"], clip["codec"], clip["width"], clip["height"]) == (3.0, 12.0, "h264", 64, 48)
-    assert clip["details"]["frame_times"] == [0.0] and "all 3 sampled frames are near-black" in clip["details"]["notes"][0]
+    assert (
+        clip["details"]["frame_times"] == [0.0] and "all 3 sampled frames are near-black" in clip["details"]["notes"][0]
+    )
     assert server.client.get("/api/items/999999").status_code == 404
     assert server.client.get("/api/items/0").status_code == 422
     assert server.client.get("/api/items/abc").status_code == 422

@@ -76,8 +76,9 @@ def index(
 ) -> None:
     """Index photos, videos and text documents under PATHS: incremental, resumable, crash-safe.
     Videos are sampled at about --video-fps frames per second (at most --video-max-frames, spread
-    over long ones) and cut into moments where the picture changes. A .txt or .caption file named like a photo (IMG_1.txt beside IMG_1.jpg) is also
-    that photo's caption, and so is the description a photo carries (XMP, IPTC, EXIF).
+    over long ones) and cut into moments where the picture changes. A .txt or .caption file named
+    like a photo (IMG_1.txt beside IMG_1.jpg) is also that photo's caption, and so is the
+    description a photo carries (XMP, IPTC, EXIF).
 
     Exit codes: 0 when anything was indexed (failed files are listed by `xmodal status --errors`),
     1 when every file failed, 75 when another process is indexing the library (see --wait),
