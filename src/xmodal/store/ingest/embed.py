@@ -253,13 +253,10 @@ class EmbedRun:
             info, pixels = decoded, self.embedder.preprocess(decoded.image)
         description = info.description if self.config.descriptions else None
         taken = info.taken_at.timestamp() if info.taken_at else content.mtime_ns / 1e9
-        row = ItemUpdate(
-            job.path,
-            "image",
-            "ok",
-            content.size,
-            content.mtime_ns,
-            content_hash=digest,
+        row = _ok_row(
+            job,
+            content,
+            digest,
             width=info.width,
             height=info.height,
             taken_at=taken,
@@ -289,23 +286,8 @@ class EmbedRun:
             info = video.info
             details = video_details(video, self.frame_policy.key)
         _check_unchanged(job.path, content)
-        row = ItemUpdate(
-            job.path,
-            "video",
-            "ok",
-            content.size,
-            content.mtime_ns,
-            content_hash=digest,
-            width=info.width,
-            height=info.height,
-            duration=info.duration_s,
-            taken_at=content.mtime_ns / 1e9,
-            taken_at_source="mtime",
-            fps=info.fps,
-            codec=info.codec,
-            rotation=info.rotation,
-            details=details or None,
-        )
+        what = {"duration": info.duration_s, "fps": info.fps, "codec": info.codec, "rotation": info.rotation}
+        row = _ok_row(job, content, digest, width=info.width, height=info.height, details=details or None, **what)
         result = EmbedResult(job, row)
         if video is not None:
             result.vector = video.clip_vector
@@ -320,17 +302,7 @@ class EmbedRun:
             details |= {"language": language, "language_source": language_source}
         if decoded.truncated:
             details["read_bytes"] = len(content.data)
-        row = ItemUpdate(
-            job.path,
-            "text",
-            "ok",
-            content.size,
-            content.mtime_ns,
-            content_hash=digest,
-            taken_at=content.mtime_ns / 1e9,
-            taken_at_source="mtime",
-            details=details,
-        )
+        row = _ok_row(job, content, digest, details=details)
         prepared = _Prepared(EmbedResult(job, row))
         if digest not in self.known:
             self._windows(prepared, decoded.text, language)
@@ -386,6 +358,13 @@ def _description_details(description: Description | None) -> dict | None:
         return None
     details = {"description": description.text[:SNIPPET_CHARS], "description_source": description.source}
     return details | ({"description_language": description.language} if description.language else {})
+
+
+def _ok_row(job: FileJob, content: FileContent, digest: str, **fields) -> ItemUpdate:
+    """The row of a file read and decoded: its type, size, mtime, content hash and `fields` (the
+    date taken is the file's modification time unless the fields say otherwise)."""
+    fields = {"taken_at": content.mtime_ns / 1e9, "taken_at_source": "mtime", **fields}
+    return ItemUpdate(job.path, job.type, "ok", content.size, content.mtime_ns, content_hash=digest, **fields)
 
 
 def _row(job: FileJob, status: str, *, error: str, size: int | None = None, mtime_ns: int | None = None) -> ItemUpdate:
