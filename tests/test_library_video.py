@@ -162,4 +162,5 @@ def test_the_frame_policy_comes_from_the_settings(indexed, tmp_path, monkeypatch
         assert isinstance(bad.exception, InvalidArgumentError)
         assert str(bad.exception) == "invalid --video-merge 1.5; expected a cosine from -1 to 1"
     finally:
-        settings.configure()
+        monkeypatch.delenv("XMODAL_VIDEO_MAX_FRAMES")
+        settings.configure()  # the process's settings as the environment gives them again
