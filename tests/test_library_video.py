@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import xmodal
+from video_files import level_frame, write_clip
 from xmodal import settings
 from xmodal.cli import app
 from xmodal.datasets import SynthConfig, generate_synth_shapes
@@ -141,11 +142,31 @@ def test_a_copied_video_is_not_decoded_again_and_keeps_its_frame_times(indexed, 
     assert (copy.duration, copy.fps, copy.codec) == (first.duration, first.fps, first.codec)
 
 
+def test_a_video_is_dated_by_its_recording_time_and_filtered_like_photos(encoder, tmp_path):
+    folder = tmp_path / "dated"
+    folder.mkdir()
+    frames = [level_frame(4 * i) for i in range(20)]
+    write_clip(folder / "phone.mp4", frames, metadata={"creation_time": "2021-07-04T10:30:00.000000Z"})
+    write_clip(folder / "unset.mp4", frames, metadata={"creation_time": "1970-01-01T00:00:00.000000Z"})
+    with Library(tmp_path / "lib") as lib:
+        lib.index([folder], model=encoder)
+        phone, unset = (lib.catalog.item_by_path(str(folder / n)) for n in ("phone.mp4", "unset.mp4"))
+        assert (phone.taken_at, phone.taken_at_source) == (1625394600.0, "metadata")
+        assert unset.taken_at_source == "mtime"  # a placeholder date is no date
+        during = lib.search("a shape", type="video", after="2021-07", before="2021-08", min_score=-1)
+        assert [h.path for h in during] == [str(folder / "phone.mp4")]
+        assert during[0].taken_at.timestamp() == 1625394600.0
+
+
 def test_the_frame_policy_comes_from_the_settings(indexed, tmp_path, monkeypatch):
     lib, root, records = indexed
     defaults = settings.Settings()
     assert (defaults.video_fps, defaults.video_max_frames, defaults.video_merge) == (1.0, 120, MERGE_THRESHOLD)
     assert configured_policy(defaults) == FramePolicy()  # the settings' defaults are the policy's
+    with pytest.raises(InvalidArgumentError, match="2000000; expected a whole number from 1 to 100,000"):
+        settings.Settings.from_env({"XMODAL_VIDEO_MAX_FRAMES": "2000000"})
+    with pytest.raises(InvalidArgumentError, match="XMODAL_VIDEO_FPS.*a number > 0"):
+        settings.Settings.from_env({"XMODAL_VIDEO_FPS": "0"})
     folder = tmp_path / "one"
     folder.mkdir()
     shutil.copy(root / records[3]["path"], folder / "cut.mp4")

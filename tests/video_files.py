@@ -39,13 +39,15 @@ def write_clip(
     gop: int | None = None,
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Encode RGB frames; `pts_ms` gives each frame's time in ms (variable frame rate), `rotation`
-    the display rotation in degrees clockwise (as phones write it)."""
+    the display rotation in degrees clockwise (as phones write it), `metadata` container tags."""
     frames = iter(frames)
     first = next(frames)
     height, width = first.shape[:2]
     with av.open(str(path), "w", options=container_options or {}) as out:
+        out.metadata.update(metadata or {})
         lossless = codec == "ffv1"
         opts = {"threads": "1", "preset": "ultrafast"} if codec == "libx264" else {}
         stream = out.add_stream(codec, rate=fps, options={**opts, **(options or {})})

@@ -42,6 +42,7 @@ from xmodal.errors import InvalidArgumentError
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
+MAX_VIDEO_FRAMES = 100_000  # frames sampled per video at most, whatever the settings say
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -214,6 +215,10 @@ class Settings:
                 raise InvalidArgumentError(self._label(name), getattr(self, name), "a positive number of bytes")
         if not 1 <= self.port <= 65535:
             raise InvalidArgumentError(self._label("port"), self.port, "a port number from 1 to 65535")
+        if self.video_max_frames > MAX_VIDEO_FRAMES:  # each frame can be a moment: the catalog holds ~1M per video
+            raise InvalidArgumentError(
+                self._label("video_max_frames"), self.video_max_frames, f"a whole number from 1 to {MAX_VIDEO_FRAMES:,}"
+            )
         if not (isinstance(self.video_fps, (int, float)) and 0 < self.video_fps < float("inf")):
             raise InvalidArgumentError(self._label("video_fps"), self.video_fps, "a number > 0")
         if not (isinstance(self.video_merge, (int, float)) and -1 <= self.video_merge <= 1):

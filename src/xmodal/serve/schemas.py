@@ -149,7 +149,7 @@ class ItemDetails(BaseModel):
     size: int
     modified_at: str | None
     taken_at: str | None
-    taken_at_source: str | None = Field(description="exif or mtime")
+    taken_at_source: str | None = Field(description="exif (photos), metadata (a video's creation_time) or mtime")
     added_at: str | None
     width: int | None
     height: int | None

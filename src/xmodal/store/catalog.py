@@ -71,8 +71,8 @@ class ItemRecord:
     width: int | None
     height: int | None
     duration: float | None
-    taken_at: float | None  # seconds since the epoch (EXIF capture time, else the file's mtime)
-    taken_at_source: str | None  # "exif" | "mtime"
+    taken_at: float | None  # seconds since the epoch (EXIF capture time, a video's recording time, else mtime)
+    taken_at_source: str | None  # "exif" | "metadata" | "mtime"
     fps: float | None = None
     codec: str | None = None
     rotation: int | None = None

@@ -287,6 +287,8 @@ class EmbedRun:
             details = video_details(video, self.frame_policy.key)
         _check_unchanged(job.path, content)
         what = {"duration": info.duration_s, "fps": info.fps, "codec": info.codec, "rotation": info.rotation}
+        if info.recorded_at is not None:  # else the file's modification time
+            what |= {"taken_at": info.recorded_at, "taken_at_source": "metadata"}
         row = _ok_row(job, content, digest, width=info.width, height=info.height, details=details or None, **what)
         result = EmbedResult(job, row)
         if video is not None:
