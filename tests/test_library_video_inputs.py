@@ -16,6 +16,7 @@ import pytest
 
 from library_helpers import PixelEmbedder
 from video_files import broken_index_mkv, level_frame, write_clip, write_numbered_clip, write_tone, write_uhd60
+from xmodal import settings
 from xmodal.library import Library
 from xmodal.store.catalog import ItemRecord
 
@@ -168,3 +169,16 @@ def test_a_4k60_video_is_indexed_in_bounded_memory(tmp_path):
     assert (status, width, height, fps) == ("ok", 3840, 2160, 60.0)
     assert len(times) == 30  # every frame sampled (60 per second)
     assert end - start < 300, (start, end)  # MiB: decoder buffers, never the frames at full size
+
+
+def test_a_video_over_the_size_limit_is_refused_unread(tmp_path, monkeypatch):
+    (tmp_path / "in").mkdir()
+    write_clip(tmp_path / "in" / "long.mkv", (level_frame(i % 250, 64, 64) for i in range(300)), codec="ffv1")
+    monkeypatch.setenv("XMODAL_MAX_VIDEO_BYTES", str((tmp_path / "in" / "long.mkv").stat().st_size - 1))
+    settings.configure()
+    try:
+        rows = index_folder(tmp_path / "in", tmp_path / "lib")
+    finally:
+        monkeypatch.delenv("XMODAL_MAX_VIDEO_BYTES")
+        settings.configure()
+    assert "limit (XMODAL_MAX_VIDEO_BYTES)" in failed(rows, "long.mkv")
