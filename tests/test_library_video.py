@@ -120,6 +120,11 @@ def test_moments_group_under_their_video_and_json_carries_them(indexed):
     two = next(h for h in everything if h.path.endswith(record["path"]))
     assert [(m.start, m.end) for m in two.moments] == [(2.0, 4.0), (0.0, 2.0)]  # best first, then the other half
     assert all(h.type == "video" for h in lib.search(query, k=16, type=["video"], min_score=-1))
+    args = ["search", query, "--library", str(lib.folder), "--type", "video", "--min-score", "-1", "-k", "16"]
+    table = runner.invoke(app, [*args, "--moments", "2", "--format", "table"]).output.splitlines()
+    assert table[0].split()[:7] == ["rank", "score", "id", "type", "taken", "at", "at"]
+    (line,) = [row for row in table if row.endswith(record["path"])]
+    assert "0:02 0:00" in line  # the video's two moments, best first, grouped on its one line
 
 
 def test_a_copied_video_is_not_decoded_again_and_keeps_its_frame_times(indexed, encoder, tmp_path):
