@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe names")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="per recipe and round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="0: cosines only")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -184,20 +184,19 @@ def main() -> None:
                 ips = throughput(lambda s=session, f=feeds: s.run(None, f), len(batch), args.seconds)
                 speed[name] = max(speed.get(name, 0.0), ips)
         for name in sessions:
+            ips = speed.get(name)
             row = {
                 "tower": tower,
                 "recipe": name,
                 "min_cosine_vs_fp32": cosine[name],
-                "items_per_s": speed[name],
-                "vs_fp32": speed[name] / speed["fp32"],
+                "items_per_s": ips,
+                "vs_fp32": ips / speed["fp32"] if ips else None,
                 "xmodal": name == header["xmodal_int8"],
             }
             rows.append(row)
+            timing = f"{ips:8.2f} items/s  x{row['vs_fp32']:.2f}" if ips else "(not timed)"
             mark = "  <- xmodal int8 here" if row["xmodal"] else ""
-            print(
-                f"{tower:8s} {name:36s} cos {row['min_cosine_vs_fp32']:.6f}  {speed[name]:8.2f} items/s  "
-                f"x{row['vs_fp32']:.2f}{mark}"
-            )
+            print(f"{tower:8s} {name:36s} cos {cosine[name]:.6f}  {timing}{mark}")
     if args.json:
         args.json.write_text(json.dumps({"cpu": header, "batch": args.batch, "rows": rows}, indent=2))
 

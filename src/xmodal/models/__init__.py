@@ -34,7 +34,9 @@ def load_model(
     """Load a model by folder, shipped name (``xmodal-tiny-shapes``), Immich name
     (``ViT-B-32__openai``) or hub ``org/repo``.
 
-    precision: "fp32", "int8" (ONNX Runtime dynamic quantization, cached) or "bf16" (OpenVINO).
+    precision: "fp32", "int8" (ONNX Runtime dynamic quantization, cached; each tower is checked
+    against fp32 on this CPU kind when first used and refused below cosine 0.99 with
+    PrecisionTooLowError) or "bf16" (OpenVINO).
     offline: never touch the network (default: $HF_HUB_OFFLINE / $XMODAL_OFFLINE).
     """
     folder, name = resolve_model(name_or_path, offline=offline)
