@@ -44,7 +44,7 @@ class PrecisionTooLowError(FileProblemError):
     def __init__(self, path: str | Path, tower: str, precision: str, cosine: float, threshold: float, cpu: str):
         super().__init__(
             path,
-            f"{precision} {tower} reaches cosine {cosine:.4f} vs fp32 on this CPU ({cpu}), below the "
+            f"{precision} {tower} reaches cosine {cosine:.4f} vs fp32 on probe inputs on this CPU ({cpu}), below the "
             f"{threshold} required; use fp32 instead (--precision fp32)",
         )
         self.tower = tower
