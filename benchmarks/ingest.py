@@ -7,7 +7,7 @@ via ONNX Runtime):
 * encoder alone: `embed_pixels` on tensors decoded and preprocessed beforehand (the ceiling);
 * `Library.index` end to end: walk, read, hash, draft-mode decode on threads overlapping the
   encoder, batching, SQLite commits and the vector index;
-* seed 002's naive loop: `Image.open(p).convert("RGB")` at full resolution, preprocess, encode
+* the naive loop of a typical retrieval demo: `Image.open(p).convert("RGB")` at full resolution, preprocess, encode
   one image at a time.
 
     python benchmarks/ingest.py [--images 48] [--rounds 2] [--work DIR] [--precision auto|fp32|int8|bf16]
@@ -110,7 +110,7 @@ def pick_precision(folder: Path, pixels: np.ndarray, batch: int) -> tuple[str, d
 
 
 def naive_rate(encoder, paths: list[Path]) -> tuple[float, float]:
-    """Seed 002's loop: full-resolution open + convert, preprocess, encode one by one.
+    """The naive loop: full-resolution open + convert, preprocess, encode one by one.
     Images/s and CPU-ms per image."""
     from PIL import Image
 
@@ -126,7 +126,7 @@ def ingest_rate(folder: Path, photos: Path, work: Path, precision: str, batch: i
     beforehand, as the encoder rate's is), and its summary."""
     import xmodal
     from xmodal.library import Library
-    from xmodal.store.ingest import IngestConfig
+    from xmodal.store.ingest import EmbedConfig
 
     encoder = xmodal.load_model(folder, precision=precision)
     encoder.embed_pixels(np.zeros((1, 3, encoder.image_size, encoder.image_size), np.float32))
@@ -134,7 +134,7 @@ def ingest_rate(folder: Path, photos: Path, work: Path, precision: str, batch: i
     shutil.rmtree(library, ignore_errors=True)
     with Library(library) as lib:
         start, cpu = time.perf_counter(), time.process_time()
-        report = lib.index([photos], model=encoder, config=IngestConfig(batch_size=batch))
+        report = lib.index([photos], model=encoder, config=EmbedConfig(batch_size=batch))
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert report.encoded == report.added and not report.failed, report.summary()
     return report.added / seconds, 1000 * cpu / report.added, report.summary()
@@ -179,7 +179,7 @@ def main() -> None:
     print(f"encoder alone (pre-decoded tensors): {alone:6.1f} img/s, {encode:4.0f} CPU-ms/img")
     print(f"read+hash+decode+preprocess:                      {decode:4.0f} CPU-ms/img (one thread)")
     print(f"Library.index end to end:            {e2e:6.1f} img/s, {e2e_cpu:4.0f} CPU-ms/img")
-    print(f"naive loop (seed 002):               {naive:6.1f} img/s, {naive_cpu:4.0f} CPU-ms/img")
+    print(f"naive loop:                           {naive:6.1f} img/s, {naive_cpu:4.0f} CPU-ms/img")
     print(f"end to end / encoder alone: {e2e / alone:.2f}x wall (goal >= 0.85); bound when decoding and encoding")
     print(f"  share the cores: encode / (encode + decode) = {bound:.2f}x; CPU: {encode / e2e_cpu:.2f}x")
     print(f"end to end / naive loop:    {e2e / naive:.2f}x wall (goal >= 4); CPU: {naive_cpu / e2e_cpu:.2f}x")

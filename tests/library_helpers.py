@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from xmodal.store.catalog import entry_items
+
 
 def photo(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
     """A small RGB image whose pixels depend on `seed` (distinct content hash and embedding)."""
@@ -141,9 +143,46 @@ def check_consistent(lib, files_on_disk: set[str]) -> None:
     ).fetchone()[0]
     assert missing == 0
     ok_ids = lib.catalog.filtered_ids(model_key=model.key)
-    index = lib._index_of(model)
-    assert sorted(np.asarray(index.ids).tolist()) == ok_ids.tolist()
+    snapshot = lib._indexes.snapshot(lib.catalog, model)
+    assert np.unique(entry_items(snapshot.live_ids())).tolist() == ok_ids.tolist()
 
 
 def image_files(root: Path) -> set[str]:
     return {str(p) for p in root.rglob("*") if p.suffix in (".jpg", ".png") and p.is_file()}
+
+
+class PixelEmbedder:
+    """A small deterministic Embedder for library tests where the model is not the point: an image's
+    vector is its 8x8 thumbnail (so a photo finds itself at cosine 1), a text's is seeded by its hash."""
+
+    model_key = "pixel-test@fp32:1"
+    name = "pixel-test"
+    dim = 192
+    precision = "fp32"
+    family = "test"
+    source = "pixel-test"
+
+    def __init__(self) -> None:
+        from xmodal.media.image import DecodeOptions
+
+        self.decode_options = DecodeOptions(draft_size=64)
+        self.calls: list[int] = []
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        small = np.asarray(image.convert("RGB").resize((8, 8), Image.BILINEAR), dtype=np.float32) / 255.0
+        return small.transpose(2, 0, 1) - 0.5
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        self.calls.append(len(pixels))
+        flat = pixels.reshape(len(pixels), -1).astype(np.float32)
+        return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+
+    def embed_texts(self, texts, language=None) -> np.ndarray:
+        import hashlib
+
+        rows = []
+        for text in texts:
+            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+            row = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            rows.append(row / np.linalg.norm(row))
+        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from xmodal.datasets.synth_shapes import Shape, fits, random_scene
+from xmodal.datasets.shapes import Shape, fits, random_scene
 from xmodal.errors import DatasetFormatError
 from xmodal.eval import ReadOptions, read_dataset
 from xmodal.train import TrainConfig, train

@@ -7,7 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from xmodal.cli import app
-from xmodal.datasets.synth_shapes import Shape
+from xmodal.datasets.shapes import Shape
 from xmodal.demo import DEMO_FORMS, demo_queries, run_demo
 from xmodal.library import Library
 

@@ -45,8 +45,9 @@ def test_search_json_and_table(cli_library):
     ref = sorted(photos.rglob("*.jpg"))[0]
     (best,) = json.loads(run("search", "--image", ref, "--library", library, "-k", "1", "--json"))["hits"]
     assert best["path"] == str(ref)
-    table = run("search", "--image", ref, "--library", library, "-k", "2")
-    assert "rank" in table and f"│ {best['item_id']} " in table
+    table = run("search", "--image", ref, "--library", library, "-k", "2", "--format", "table")
+    assert table.splitlines()[0].split() == ["rank", "score", "id", "type", "taken", "at", "path"]
+    assert table.splitlines()[1].split()[2] == str(best["item_id"])
     floor = run("search", "a photo", "--library", library, "--min-score", "0.9999")
     assert floor.startswith("no good match")
 
@@ -55,7 +56,7 @@ def test_status_json_and_errors(cli_library):
     library, _ = cli_library
     status = json.loads(run("status", "--library", library, "--json"))
     assert set(status) >= {"items", "failed", "models", "index"}
-    assert set(status["items"]) == {"image", "video"} and status["items"]["image"] > 30
+    assert set(status["items"]) == {"image", "video", "text"} and status["items"]["image"] > 30
     assert status["failed"] == 4 and status["pending"]["video"] == 1
     assert status["models"][0]["dim"] == 32
     assert list(status["index"].values())[0]["up_to_date"] is True
@@ -71,7 +72,7 @@ def test_exit_codes(tmp_path: Path, clip_model_dir: Path):
     (bad / "a.jpg").write_bytes(b"")
     run("index", bad, "--library", tmp_path / "lib", "--model", clip_model_dir, "-q", code=1)
     result = runner.invoke(app, ["search", "x", "--library", str(tmp_path / "empty")])
-    assert "has no model yet" in str(result.exception)
+    assert "no library at" in str(result.exception) and not (tmp_path / "empty").exists()
 
 
 def test_help_texts():
@@ -93,8 +94,10 @@ def test_index_spec_and_tune(tmp_path: Path, clip_model_dir: Path):
 
 
 def test_library_folder_defaults_to_env(tmp_path: Path):
-    result = runner.invoke(app, ["status", "--json"], env={"XMODAL_LIBRARY": str(tmp_path / "envlib")})
+    make_photo_tree(tmp_path / "photos", 3)
+    env = {"XMODAL_LIBRARY": str(tmp_path / "envlib")}
+    result = runner.invoke(app, ["index", str(tmp_path / "photos"), "-m", "xmodal-tiny-shapes", "-q"], env=env)
     assert result.exit_code == 0, result.output
-    status = json.loads(result.output)
-    assert status["library"] == str(tmp_path / "envlib") and status["items"] == {"image": 0, "video": 0}
+    status = json.loads(runner.invoke(app, ["status", "--json"], env=env).output)
+    assert status["library"] == str(tmp_path / "envlib") and status["items"] == {"image": 3, "video": 0, "text": 0}
     assert (tmp_path / "envlib" / "catalog.sqlite").is_file()

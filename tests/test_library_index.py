@@ -14,7 +14,7 @@ import xmodal
 from library_helpers import check_consistent, count_model_calls, image_files, make_bad_corpus, make_photo_tree, photo
 from xmodal.library import Library
 from xmodal.media.hashing import content_hash
-from xmodal.store.catalog import display_path
+from xmodal.store.catalog import Catalog, display_path
 
 
 @pytest.fixture
@@ -36,6 +36,7 @@ def test_incremental_runs_count_exactly_and_reuse_embeddings(tmp_path: Path, enc
         assert (second.added, second.updated, second.removed, second.unchanged) == (0, 0, 0, 240)
         assert calls == [] and not second.model_work and "no model work needed" in second.summary()
 
+        moved_ids = {str(p): lib.catalog.item_by_path(str(p)).id for p in paths[5:12]}
         for i, path in enumerate(paths[:5]):  # modify
             photo(10_000 + i).save(path)
             os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
@@ -51,10 +52,13 @@ def test_incremental_runs_count_exactly_and_reuse_embeddings(tmp_path: Path, enc
 
         calls.clear()
         third = lib.index([tree], model=encoder)
-        assert (third.added, third.updated, third.removed, third.unchanged) == (7 + 4 + 2, 5, 7 + 6, 240 - 18)
+        assert (third.added, third.updated, third.moved, third.removed, third.unchanged) == (4 + 2, 5, 7, 6, 240 - 18)
         assert sum(calls) == third.encoded == 5 + 4  # moved files and copies: no model call
         assert third.reused == 7 + 2
-        assert lib.status()["items"] == {"image": 240 - 6 + 4 + 2, "video": 0}
+        assert lib.status()["items"] == {"image": 240 - 6 + 4 + 2, "video": 0, "text": 0}
+        for old, item_id in moved_ids.items():  # a moved file keeps its item id
+            new = moved_dir / f"renamed-{Path(old).name}"
+            assert lib.catalog.item_by_path(str(new)).id == item_id and lib.catalog.item_by_path(old) is None
         check_consistent(lib, image_files(tree))
 
         for path in paths[:2]:  # modified in place (same item id): the index serves the new vector
@@ -112,7 +116,7 @@ def test_bad_inputs_recorded_never_fatal_and_retried_only_when_changed(tmp_path:
 
 
 def test_files_deleted_or_rewritten_while_indexing(tmp_path: Path, encoder, monkeypatch):
-    import xmodal.store.ingest as ingest_module
+    import xmodal.store.ingest.plan as ingest_module
 
     tree = tmp_path / "photos"
     paths = make_photo_tree(tree, 12)
@@ -141,7 +145,7 @@ def test_files_deleted_or_rewritten_while_indexing(tmp_path: Path, encoder, monk
 
 
 def test_interrupt_keeps_committed_work(tmp_path: Path, encoder):
-    from xmodal.store.ingest import IngestConfig
+    from xmodal.store.ingest import EmbedConfig
 
     tree = tmp_path / "photos"
     make_photo_tree(tree, 60)
@@ -155,7 +159,7 @@ def test_interrupt_keeps_committed_work(tmp_path: Path, encoder):
         return original(pixels)
 
     encoder.embed_pixels = interrupt_on_third
-    config = IngestConfig(batch_size=8, workers=1)
+    config = EmbedConfig(batch_size=8, workers=1)
     with Library(tmp_path / "lib") as lib:
         report = lib.index([tree], model=encoder, config=config)
         done = seen[0] + seen[1]  # the batches encoded before the interrupt (partial ones when decoding lags)
@@ -190,12 +194,14 @@ def test_several_models_share_one_catalog(tmp_path: Path, clip_model_dir: Path):
 def test_newer_catalog_schema_is_refused(tmp_path: Path):
     from xmodal.errors import LibraryError
 
-    assert xmodal.Library is Library  # the public name (design §7)
-    Library(tmp_path / "lib").close()
+    assert xmodal.Library is Library  # the public name
+    (tmp_path / "lib").mkdir()
+    Catalog(tmp_path / "lib" / "catalog.sqlite", create=True).close()
     with sqlite3.connect(tmp_path / "lib" / "catalog.sqlite") as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(LibraryError, match="newer than this xmodal"):
-        Library(tmp_path / "lib")
+    for attempt in (lambda lib: lib.status(), lambda lib: lib.index([tmp_path], model="xmodal-tiny-shapes")):
+        with Library(tmp_path / "lib") as lib, pytest.raises(LibraryError, match="newer than this xmodal"):
+            attempt(lib)
 
 
 def test_prune_drops_only_unreferenced_embeddings(tmp_path: Path, encoder):
@@ -209,6 +215,6 @@ def test_prune_drops_only_unreferenced_embeddings(tmp_path: Path, encoder):
         lib.index([tree], model=encoder)
         (model,) = lib.catalog.models()
         assert lib.catalog.embeddings.count(model.key) == 10  # kept: a re-added file costs no model call
-        assert lib.prune() == 3
+        assert lib.prune() == {"items": 0, "embeddings": 3}
         assert lib.catalog.embeddings.count(model.key) == 7
         check_consistent(lib, image_files(tree))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from xmodal.media.walk import MediaFile, WalkOptions, WalkProblem, media_type, walk_media
+from xmodal.media.formats import media_type
+from xmodal.media.walk import MediaFile, WalkOptions, WalkProblem, walk_media
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:

@@ -9,7 +9,8 @@ import pytest
 
 import xmodal
 from xmodal.datasets import SynthConfig, generate_synth_shapes
-from xmodal.datasets.synth_shapes import Shape, render_scene
+from xmodal.datasets.shapes import Shape
+from xmodal.datasets.synth_shapes import render_scene
 from xmodal.eval import ReadOptions, evaluate_retrieval, read_dataset
 from xmodal.eval.attribute_queries import attribute_query_precision
 from xmodal.models import registry

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xmodal.datasets import ANNOTATIONS, SynthConfig, generate_synth_shapes
-from xmodal.datasets.synth_shapes import TERSE_POSITIONS
+from xmodal.datasets.shapes import TERSE_POSITIONS
 from xmodal.errors import InvalidArgumentError
 from xmodal.eval import ReadOptions, read_dataset
 from xmodal.media.video import sample_frames

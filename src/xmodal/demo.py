@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from xmodal.datasets import ANNOTATIONS, SynthConfig, generate_synth_shapes
-from xmodal.datasets.synth_shapes import Shape, annotated_scenes, fits, shape_phrase
+from xmodal.datasets.shapes import Shape, annotated_scenes, fits, shape_phrase
 from xmodal.errors import DatasetFormatError
 from xmodal.eval.datasets import ReadOptions, read_dataset
 from xmodal.library import Library

@@ -75,6 +75,27 @@ class LibraryError(XmodalError):
     """A library folder, catalog or index cannot be used as asked."""
 
 
+class LibraryNotFoundError(LibraryError):
+    """No library at the folder given (only indexing creates one)."""
+
+    def __init__(self, folder: str | Path):
+        super().__init__(f"no library at {folder} (create one with: xmodal index PATH --library {folder})")
+        self.folder = str(folder)
+
+
+class LibraryBusyError(LibraryError):
+    """Another process (or thread) is writing the library: one writer at a time."""
+
+    def __init__(self, folder: str | Path, holder: str):
+        super().__init__(f"library {folder} is being indexed by {holder}; wait for it to finish, or pass --wait")
+        self.folder = str(folder)
+        self.holder = holder
+
+
+class DiskFullError(FileProblemError, LibraryError):
+    """A write failed because the disk is full; what was committed before is kept."""
+
+
 def describe_item(item: object) -> str:
     """A short human name for a media item: its path, or its type and shape for in-memory data."""
     if isinstance(item, (str, Path)):

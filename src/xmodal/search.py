@@ -22,6 +22,7 @@ The floor applies to queries with a text term (image-to-image scores are on anot
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -32,8 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from xmodal.errors import InvalidArgumentError
-from xmodal.media.walk import image_extensions
-from xmodal.models.encoder import Encoder, l2_normalize
+from xmodal.media.formats import image_extensions
+from xmodal.media.image import decode_image
+from xmodal.models.embedder import Embedder
+from xmodal.models.encoder import l2_normalize
 from xmodal.store.catalog import display_path
 
 FAMILY_MIN_SCORE: dict[str, float | None] = {
@@ -43,6 +46,7 @@ FAMILY_MIN_SCORE: dict[str, float | None] = {
     "siglip": 0.07,
     "nllb-siglip": 0.07,
 }
+MAX_RESULTS = 10_000  # the most hits one search returns (results beyond are of no use to a person)
 _OPERATOR = re.compile(r"\s+([+-])\s+")
 _WEIGHT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*:(.*)$")
 
@@ -57,8 +61,21 @@ class QueryTerm:
 
 
 @dataclass(frozen=True)
+class Moment:
+    """A part of an item that matched: a video's span in seconds, a text's span in characters."""
+
+    start: float
+    end: float
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "score": round(self.score, 6)}
+
+
+@dataclass(frozen=True)
 class Hit:
-    """One search result. `score` is what ranks (after decay); `similarity` the raw cosine."""
+    """One search result. `score` is what ranks (after decay); `similarity` the raw cosine;
+    `moments` the item's best-matching parts, best first (videos and texts)."""
 
     rank: int
     item_id: int
@@ -67,18 +84,30 @@ class Hit:
     score: float
     similarity: float
     taken_at: datetime | None
-    timestamp: float | None = None  # for videos: the best-matching moment, in seconds
+    moments: tuple[Moment, ...] = ()
+    offline: bool = False  # the file sits under a root that is offline (unmounted) right now
+
+    @property
+    def timestamp(self) -> float | None:
+        """For videos: the second to play from (the start of the best moment)."""
+        return self.moments[0].start if self.type == "video" and self.moments else None
 
     def to_dict(self) -> dict:
+        """The one JSON form of a hit (CLI --json and HTTP). `path` is for display (control
+        characters and undecodable bytes escaped); `path_bytes` is the exact name, base64 of the
+        file system's bytes, to open the file with."""
         return {
             "rank": self.rank,
-            "path": display_path(self.path),
-            "score": round(self.score, 6),
-            "similarity": round(self.similarity, 6),
             "item_id": self.item_id,
             "type": self.type,
+            "path": display_path(self.path),
+            "path_bytes": base64.b64encode(os.fsencode(self.path)).decode("ascii"),
+            "score": round(self.score, 6),
+            "similarity": round(self.similarity, 6),
             "taken_at": self.taken_at.isoformat(timespec="seconds") if self.taken_at else None,
             "timestamp": self.timestamp,
+            "moments": [m.to_dict() for m in self.moments],
+            "offline": self.offline,
         }
 
 
@@ -90,6 +119,7 @@ class SearchResults(Sequence[Hit]):
     hits: list[Hit] = field(default_factory=list)
     min_score: float | None = None
     best_score: float | None = None
+    model: str | None = None
 
     @property
     def no_good_match(self) -> bool:
@@ -103,6 +133,16 @@ class SearchResults(Sequence[Hit]):
 
     def __iter__(self) -> Iterator[Hit]:
         return iter(self.hits)
+
+    def to_dict(self) -> dict:
+        """The one JSON form of results, used by `xmodal search --json` and the HTTP API."""
+        return {
+            "hits": [hit.to_dict() for hit in self.hits],
+            "model": self.model,
+            "min_score": self.min_score,
+            "no_good_match": self.no_good_match,
+            "best_score": self.best_score,
+        }
 
 
 def parse_query(text: str) -> list[QueryTerm]:
@@ -137,7 +177,7 @@ def _classify(raw: str, weight: float) -> QueryTerm:
 
 
 def query_vector(
-    terms: Sequence[QueryTerm], encoder: Encoder, item_vector: Callable[[int], np.ndarray], language: str | None = None
+    terms: Sequence[QueryTerm], encoder: Embedder, item_vector: Callable[[int], np.ndarray], language: str | None = None
 ) -> np.ndarray:
     """The weighted sum of the terms' unit vectors, re-normalized: (D,) float32."""
     if not terms:
@@ -150,9 +190,8 @@ def query_vector(
         ).sum(0)
     images = [t for t in terms if t.kind == "image"]
     if images:
-        total += (
-            np.asarray([t.weight for t in images])[:, None] * encoder.embed_images([t.value for t in images])
-        ).sum(0)
+        pixels = np.stack([encoder.preprocess(decode_image(t.value, encoder.decode_options).image) for t in images])
+        total += (np.asarray([t.weight for t in images])[:, None] * encoder.embed_pixels(pixels)).sum(0)
     for term in terms:
         if term.kind == "item":
             total += term.weight * item_vector(int(term.value))
@@ -169,8 +208,8 @@ def default_min_score(family: str, terms: Sequence[QueryTerm]) -> float | None:
 
 
 def decay_factors(taken_at: np.ndarray, decay_days: float, now: float) -> np.ndarray:
-    """Seed 002's time decay exp(−α·t), t = age in days, α = 1 / decay_days (ages < 0 count as 0);
-    items without a date are not decayed."""
+    """Time decay exp(−α·t), t = age in days, α = 1 / decay_days (ages < 0 count as 0); items without
+    a date are not decayed."""
     if not decay_days > 0:
         raise InvalidArgumentError("decay_days", decay_days, "a positive number of days")
     age_days = np.maximum(0.0, (now - taken_at) / 86400.0)
@@ -178,8 +217,15 @@ def decay_factors(taken_at: np.ndarray, decay_days: float, now: float) -> np.nda
 
 
 def candidates_for(k: int, decay: bool) -> int:
-    """How many neighbours to fetch before re-ranking: 3k as seed 002 does, at least 50."""
+    """How many neighbours to fetch before re-ranking by age: 3k, at least 50."""
     return max(3 * k, 50) if decay else k
+
+
+def check_k(k: object) -> int:
+    """k as a whole number from 1 to MAX_RESULTS (the search itself also stops at the library's size)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_RESULTS:
+        raise InvalidArgumentError("-k", k, f"a whole number from 1 to {MAX_RESULTS:,}")
+    return int(k)
 
 
 def parse_date(value: str | datetime | None, name: str) -> float | None:

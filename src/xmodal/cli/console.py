@@ -28,6 +28,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def say(text: str, *, err: bool = False) -> None:
+    """Print a plain line (no markup, never wrapped: a command in it stays copy-pastable)."""
+    (err_console if err else console).print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 class ItemsPerSecondColumn(ProgressColumn):
     """Throughput in items per second (Rich only ships a bytes/s column)."""
 

@@ -6,11 +6,7 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import console, progress_bar
-
-
-def _say(text: str) -> None:
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+from xmodal.cli.console import progress_bar, say
 
 
 def demo(
@@ -26,14 +22,14 @@ def demo(
 
     with progress_bar(quiet) as progress:
         report = run_demo(out, n=n, k=k, progress=progress)
-    _say(f"library {report.library}: {report.photos} photos indexed with {DEMO_MODEL}; {report.index.summary()}")
+    say(f"library {report.library}: {report.photos} photos indexed with {DEMO_MODEL}; {report.index.summary()}")
     for search in report.searches:
-        _say(f"\nsearch: {search.query}  ({search.relevant} photos of the library fit it)")
+        say(f"\nsearch: {search.query}  ({search.relevant} photos of the library fit it)")
         for hit, right in zip(search.results, search.correct, strict=True):
-            _say(f"  {hit.rank:>2}  {hit.score:.3f}  {'right' if right else 'wrong':5}  {display_path(hit.path)}")
+            say(f"  {hit.rank:>2}  {hit.score:.3f}  {'right' if right else 'wrong':5}  {display_path(hit.path)}")
     right = sum(sum(s.correct) for s in report.searches)
     total = sum(len(s.correct) for s in report.searches)
-    _say(f"\n{right} of {total} hits are right by the photos' own annotations.")
-    _say(f'Try your own: xmodal search "a black cross at the bottom right" --library {report.library}')
-    _say(f"Search by example: xmodal search --image {report.searches[0].results[0].path} --library {report.library}")
-    _say("Index your photos: xmodal index ~/Pictures --model ViT-B-32__openai  (model weights: xmodal models pull)")
+    say(f"\n{right} of {total} hits are right by the photos' own annotations.")
+    say(f'Try your own: xmodal search "a black cross at the bottom right" --library {report.library}')
+    say(f"Search by example: xmodal search --image {report.searches[0].results[0].path} --library {report.library}")
+    say("Index your photos: xmodal index ~/Pictures --model ViT-B-32__openai  (model weights: xmodal models pull)")

@@ -1,18 +1,21 @@
-"""`xmodal index`, `xmodal search`, `xmodal status`: the photo library from the command line."""
+"""`xmodal index`, `search`, `status`, `prune`: the photo library from the command line."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from xmodal.cli.console import console, err_console, progress_bar
+from xmodal.cli.console import err_console, progress_bar, say
 
 LIBRARY_HELP = "Library folder (default: $XMODAL_LIBRARY, else the user data folder)."
 PRECISIONS_HELP = "fp32 (default), int8 (ONNX Runtime) or bf16 (OpenVINO)."
+EXIT_BUSY = 75  # another process is indexing the library (sysexits' EX_TEMPFAIL: try again later)
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def _open(library: Path | None):
@@ -21,12 +24,20 @@ def _open(library: Path | None):
     return Library(library)
 
 
-def _say(text: str) -> None:
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+def _existing(library: Path | None):
+    """A library that must exist already (searching or reading never creates one)."""
+    from xmodal.errors import LibraryNotFoundError
+
+    lib = _open(library)
+    if not lib.exists:
+        raise LibraryNotFoundError(lib.folder)
+    return lib
 
 
 def index(
-    paths: list[Path] = typer.Argument(None, help="Folders or files to index (not needed with --tune)."),
+    paths: list[Path] = typer.Argument(
+        None, help="Folders or files to index; none: every folder this library indexed before."
+    ),
     library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
     model: str = typer.Option(None, "--model", "-m", help="Model name or folder (default: the library's last one)."),
     precision: str = typer.Option("fp32", help=PRECISIONS_HELP),
@@ -38,26 +49,30 @@ def index(
         "--index",
         help="Vector index: auto (default), exact, exact,fp32, Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32 (any Faiss factory string).",
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per encoder call."),
-    workers: int = typer.Option(None, "--workers", help="Decode threads (default: one per CPU)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
+    workers: int = typer.Option(None, "--workers", min=1, help="Decode threads (default: one per CPU)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be added, updated and removed."),
+    wait: bool = typer.Option(False, "--wait", help="If another process is indexing this library, wait for it."),
     tune: bool = typer.Option(False, "--tune", help="Then pick ANN search parameters for --target-recall."),
     target_recall: float = typer.Option(0.95, "--target-recall", help="Recall@10 vs exact search for --tune."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Index photos (and record videos) under PATHS: incremental, resumable, crash-safe.
 
-    Exits 0 when anything was indexed (failed files are listed by `xmodal status --errors`),
-    1 when every file failed, 130 when interrupted (what was done is kept).
+    Exit codes: 0 when anything was indexed (failed files are listed by `xmodal status --errors`),
+    1 when every file failed, 75 when another process is indexing the library (see --wait),
+    130 when interrupted and 143 when terminated (what was done is kept in both cases).
     """
-    from xmodal.store.ingest import IngestConfig
+    from xmodal.store.ingest import EmbedConfig
 
-    with _open(library) as lib:
+    config = EmbedConfig(batch_size=batch_size, workers=workers)
+    lib = _open(library)
+    with lib:
         report = None
-        if paths:
-            config = IngestConfig(batch_size=batch_size, workers=workers)
+        if paths or not (tune or index_spec):
             with progress_bar(quiet) as progress:
                 report = lib.index(
-                    [str(p) for p in paths],
+                    [str(p) for p in paths or []],
                     model=model,
                     precision=precision,
                     exclude=exclude,
@@ -66,41 +81,52 @@ def index(
                     index_spec=index_spec,
                     config=config,
                     progress=progress,
+                    wait=wait,
+                    dry_run=dry_run,
                 )
             _print_report(report)
         elif index_spec:
-            lib.rebuild_index(model, spec=index_spec)
-        elif not tune:
-            raise typer.BadParameter("give PATHS to index, or --tune / --index to work on the index only")
-        if tune and not (report and report.interrupted):
-            _print_tune(lib.tune(model, target_recall=target_recall))
+            lib.rebuild_index(model, spec=index_spec, wait=wait)
+        if tune and not (report and (report.interrupted or report.dry_run)):
+            _print_tune(lib.tune(model, target_recall=target_recall, wait=wait))
     if report is not None:
         if report.interrupted:
-            raise typer.Exit(130)
-        indexed = report.added + report.updated + report.unchanged + report.pending
+            raise typer.Exit(EXIT_TERMINATED if _terminated() else EXIT_INTERRUPTED)
+        indexed = report.added + report.updated + report.moved + report.unchanged + report.pending
         if report.failed and indexed == 0:
             raise typer.Exit(1)
+
+
+def _terminated() -> bool:
+    from xmodal.cli.signals import terminated
+
+    return terminated()
 
 
 def _print_report(report) -> None:
     from xmodal.store.catalog import display_path
 
     for path, reason in report.failed[:20]:
-        err_console.print(f"[red]failed[/] {escape(display_path(path))}: {escape(reason)}", highlight=False)
+        err_console.print(f"failed {display_path(path)}: {reason}", markup=False, highlight=False, soft_wrap=True)
     if len(report.failed) > 20:
-        err_console.print(f"... and {len(report.failed) - 20} more (xmodal status --errors)", highlight=False)
+        say(f"... and {len(report.failed) - 20} more (xmodal status --errors)", err=True)
+    for root, reason in report.offline.items():
+        say(
+            f"offline {display_path(root)}: {reason}; its items are kept (xmodal prune --offline forgets them)",
+            err=True,
+        )
     if report.interrupted:
-        err_console.print("[yellow]interrupted[/]: the work done so far is saved; run the same command to finish")
-    _say(report.summary())
+        say("interrupted: the work done so far is saved; run the same command to finish", err=True)
+    say(report.summary())
 
 
 def _print_tune(report) -> None:
     if not report.chosen:
-        _say(f"index {report.spec}: exact search, nothing to tune")
+        say(f"index {report.spec}: exact search, nothing to tune")
         return
     recall = {s.params: s for s in report.settings}[report.chosen]
     verdict = "meets" if report.met else "best reachable, below"
-    _say(
+    say(
         f"index {report.spec}: {report.chosen} -> recall@{report.k} {recall.recall:.3f} ({verdict} the target "
         f"{report.target_recall}), {recall.qps:,.0f} queries/s vs exact {report.exact_qps:,.0f}"
     )
@@ -108,34 +134,46 @@ def _print_tune(report) -> None:
 
 def search(
     query: str = typer.Argument(
-        None, help='Text, or terms combined rclip-style: "beach + ./ref.jpg - people", "2:sunset + #17" (item id).'
+        None, help='Text, or terms combined: "beach + ./ref.jpg - people", "2:sunset + #17" (an item id).'
     ),
     image: Path = typer.Option(None, "--image", "-i", help="Example image file (added to the text, if any)."),
     item: int = typer.Option(None, "--item", help="An indexed item's id as the example (added to the rest)."),
     library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
-    k: int = typer.Option(10, "-k", "--top", help="Number of results."),
-    type: str = typer.Option(None, "--type", help="Only image or video items."),
+    k: int = typer.Option(10, "-k", "--top", help="Number of results (at most 10,000)."),
+    type: list[str] = typer.Option(None, "--type", help="Only items of this type: image, video or text (repeatable)."),
     after: str = typer.Option(None, "--after", help="Taken at or after this date (2024, 2024-06, 2024-06-30)."),
     before: str = typer.Option(None, "--before", help="Taken before this date."),
     path_glob: str = typer.Option(None, "--path", help="Only paths matching this glob (e.g. '*/2023/*')."),
     decay_days: float = typer.Option(
-        None, "--decay-days", help="Favour recent items: score x exp(-age/DAYS) (seed 002's time decay)."
+        None, "--decay-days", help="Favour recent items: each score times exp(-age in days / DAYS)."
     ),
     min_score: float = typer.Option(
         None, "--min-score", help="Cosine floor below which nothing counts as a match (default per model family)."
     ),
     model: str = typer.Option(None, "--model", "-m", help="Which of the library's models (default: the last used)."),
-    as_json: bool = typer.Option(False, "--json", help="JSON: path, score, rank, item id, type, taken-at."),
+    moments: int = typer.Option(1, "--moments", min=0, help="Best-matching moments shown per video (0: none)."),
+    output: str = typer.Option(
+        None, "--format", help="table (default on a terminal), paths (default in a pipe), tsv or json."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    only_paths: bool = typer.Option(False, "--paths", "-f", help="Same as --format paths: one path per line."),
+    null: bool = typer.Option(False, "--null", "-0", help="With paths: end each with a NUL byte (for xargs -0)."),
 ) -> None:
     """Search the library by text, example image, indexed item, or a combination."""
+    from xmodal.cli import output as out
+
     if not query and image is None and item is None:
         raise typer.BadParameter("give a query text, --image FILE or --item ID")
-    with _open(library) as lib:
+    chosen = "json" if as_json else "paths" if only_paths else output
+    if chosen is not None and chosen not in out.FORMATS:
+        raise typer.BadParameter(f"{chosen!r} is not one of {', '.join(out.FORMATS)}", param_hint="--format")
+    chosen = chosen or ("table" if sys.stdout.isatty() else "paths")
+    with _existing(library) as lib:
         results = lib.search(
             query,
             image=image,
             k=k,
-            type=type,
+            type=type or None,
             after=after,
             before=before,
             item=item,
@@ -143,28 +181,27 @@ def search(
             min_score=min_score,
             decay_days=decay_days,
             model=model,
+            moments=moments,
         )
-    if as_json:
-        payload = {
-            "hits": [hit.to_dict() for hit in results],
-            "min_score": results.min_score,
-            "no_good_match": results.no_good_match,
-            "best_score": results.best_score,
-        }
-        _say(json.dumps(payload, indent=2, ensure_ascii=False))
+    if chosen == "json":
+        say(out.as_json(results))
         return
-    if results.no_good_match:
-        _say(f"no good match: the best score {results.best_score:.3f} is below the floor {results.min_score:.3f}")
+    if results.no_good_match or not results:
+        reason = (
+            f"no good match: the best score {results.best_score:.3f} is below the floor {results.min_score:.3f}"
+            if results.no_good_match
+            else "no results"
+        )
+        say(reason, err=chosen == "paths")
         return
-    if not results:
-        _say("no results")
-        return
-    table = Table("rank", "score", "id", "type", "taken at")
-    table.add_column("path", overflow="fold")  # never cut: a path is what the user came for
-    for hit in results:
-        row = hit.to_dict()
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.item_id), hit.type, row["taken_at"] or "", row["path"])
-    console.print(table)
+    if chosen == "paths":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(out.paths(results, raw=not sys.stdout.isatty(), separator=b"\0" if null else b"\n"))
+        sys.stdout.buffer.flush()
+    elif chosen == "tsv":
+        say(out.tsv(results))
+    else:
+        say(out.table(results, shutil.get_terminal_size((100, 24)).columns))
 
 
 def status(
@@ -172,27 +209,46 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     errors: bool = typer.Option(False, "--errors", help="List every failed file with its reason."),
 ) -> None:
-    """Items per type, failures, models and their vector indexes."""
+    """Items per type, failures, models and their vector indexes, folders, and who is indexing."""
     from xmodal.store.catalog import display_path
 
-    with _open(library) as lib:
+    with _existing(library) as lib:
         info = lib.status()
         failures = lib.errors() if errors else []
     if as_json:
         if errors:
             info["errors"] = [{"path": display_path(p), "reason": r} for p, r in failures]
-        _say(json.dumps(info, indent=2, ensure_ascii=False))
+        say(json.dumps(info, indent=2, ensure_ascii=False))
         return
     items = ", ".join(f"{n} {t}s" for t, n in info["items"].items())
     pending = sum(info["pending"].values())
-    _say(f"library {info['library']}: {items}; {info['failed']} failed" + (f"; {pending} pending" if pending else ""))
+    say(f"library {info['library']}: {items}; {info['failed']} failed" + (f"; {pending} pending" if pending else ""))
+    if info["writer"]:
+        say(f"  being indexed by {info['writer']}")
+    for root in info["roots"]:
+        state = "" if root["state"] == "online" else f" — OFFLINE: {root['reason']}"
+        say(f"  folder {display_path(root['path'])}: {root['items']} items{state}")
     for m in info["models"]:
         idx = info["index"][m["key"]]
-        state = "up to date" if idx["up_to_date"] else "will catch up on next search"
-        _say(
+        state = "up to date" if idx["up_to_date"] else "searches catch up in memory until the next index run"
+        say(
             f"  model {m['name']} ({m['precision']}, dim {m['dim']}): {m['embeddings']} embeddings; "
-            f"index {idx['spec']} of {idx['size']} ({state})"
+            f"index {idx['spec'] or idx['setting']} of {idx['size']} ({state})"
             + (f", {idx['search_params']}" if idx["search_params"] else "")
         )
+    if errors and not failures:
+        say("no failed files")
     for path, reason in failures:
-        _say(f"{display_path(path)}: {reason}")
+        say(f"{display_path(path)}: {reason}")
+
+
+def prune(
+    library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
+    offline: bool = typer.Option(False, "--offline", help="Also forget the items of offline folders."),
+    wait: bool = typer.Option(False, "--wait", help="If another process is indexing this library, wait for it."),
+) -> None:
+    """Drop stored embeddings no file uses any more (kept so moved or re-added files cost no model
+    work); with --offline, also forget folders that are offline (unmounted) and their items."""
+    with _existing(library) as lib:
+        done = lib.prune(offline=offline, wait=wait)
+    say(f"forgot {done['items']} items of offline folders; dropped {done['embeddings']} unused embeddings")

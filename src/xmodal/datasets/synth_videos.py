@@ -13,11 +13,8 @@ import av
 import numpy as np
 from PIL import ImageDraw
 
+from xmodal.datasets.shapes import COLORS, SHAPES, SIZES, Shape
 from xmodal.datasets.synth_shapes import (
-    COLORS,
-    SHAPES,
-    SIZES,
-    Shape,
     SynthConfig,
     draw_shape,
     random_background,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xmodal.datasets.synth_shapes import annotated_scenes, fits, shape_phrase
+from xmodal.datasets.shapes import annotated_scenes, fits, shape_phrase
 from xmodal.errors import DatasetFormatError
 from xmodal.eval.datasets.base import RetrievalDataset
 from xmodal.models.encoder import Encoder

@@ -17,9 +17,9 @@ from typing import Self
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.errors import XmodalError
 from xmodal.media.hashing import content_hash
-from xmodal.paths import cache_root
 from xmodal.store.embeddings import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ CREATE TABLE IF NOT EXISTS file_hashes (
 
 
 def default_cache_path() -> Path:
-    """cache_root()/eval/embeddings.sqlite ($XMODAL_CACHE moves it)."""
-    return cache_root() / "eval" / "embeddings.sqlite"
+    """<cache folder>/eval/embeddings.sqlite ($XMODAL_CACHE moves it)."""
+    return settings.current().cache_dir / "eval" / "embeddings.sqlite"
 
 
 class EmbeddingCache:

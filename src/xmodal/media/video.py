@@ -19,15 +19,6 @@ from xmodal.errors import InvalidArgumentError, MediaError
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts"}
-)
-
-
-def is_video_path(path: str | os.PathLike) -> bool:
-    """Whether a file name has a known video extension."""
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
-
 
 def sample_frames(path: str | os.PathLike, n: int) -> list[Image.Image]:
     """`n` RGB frames spread uniformly over the video (fewer only if it has fewer frames).

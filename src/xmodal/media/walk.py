@@ -16,41 +16,11 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
+from xmodal.media.formats import media_type
+
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
-)
-OPTIONAL_IMAGE_EXTENSIONS = {"HEIF": (".heic", ".heif"), "AVIF": (".avif",)}
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".3gp", ".mts", ".m2ts", ".mpg", ".mpeg", ".wmv", ".flv"}
-)
-
-
-@lru_cache(maxsize=1)
-def image_extensions() -> frozenset[str]:
-    """Image extensions Pillow can open here: the built-in formats, plus HEIC/AVIF when a plugin
-    (pillow-heif, pillow-avif-plugin, or Pillow's own AVIF support) is registered."""
-    from PIL import Image
-
-    import xmodal.media.image  # noqa: F401  (registers the optional HEIF opener)
-
-    Image.init()
-    extra = [ext for fmt, exts in OPTIONAL_IMAGE_EXTENSIONS.items() if fmt in Image.OPEN for ext in exts]
-    return IMAGE_EXTENSIONS | frozenset(extra)
-
-
-def media_type(path: str | os.PathLike) -> str | None:
-    """'image', 'video', or None for files the library does not index (by extension)."""
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if ext in image_extensions():
-        return "image"
-    if ext in VIDEO_EXTENSIONS:
-        return "video"
-    return None
 
 
 @dataclass(frozen=True)

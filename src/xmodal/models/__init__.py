@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+from xmodal import settings
 from xmodal.media.image import DecodeOptions
 from xmodal.models.config import ModelConfig, PreprocessCfg, TextCfg, load_model_config
+from xmodal.models.embedder import Embedder
 from xmodal.models.encoder import Encoder, l2_normalize
 from xmodal.models.registry import known_models, pull_model, resolve_model
-from xmodal.models.runtime import default_threads
 
 __all__ = [
+    "Embedder",
     "Encoder",
     "ModelConfig",
     "PreprocessCfg",
@@ -41,11 +44,15 @@ def load_model(
     """
     folder, name = resolve_model(name_or_path, offline=offline)
     config = load_model_config(folder)
+    # A known name is kept as given (it resolves again after an upgrade or a cache move); a folder
+    # is remembered by its absolute path.
+    named = not Path(name_or_path).expanduser().is_dir()
     return Encoder(
         config,
         name,
         precision=precision,
         runtime=runtime,
-        threads=threads if threads is not None else default_threads(),
+        threads=threads if threads is not None else settings.current().threads,
         decode=decode,
+        source=str(name_or_path) if named else str(folder.resolve()),
     )

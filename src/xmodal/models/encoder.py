@@ -18,6 +18,7 @@ from xmodal.media.image import DecodedImage, DecodeOptions, ImageInput, decode_i
 from xmodal.models.config import ModelConfig
 from xmodal.models.preprocess import ImagePreprocessor
 from xmodal.models.quantize import PROBE_TEXTS, probe_images
+from xmodal.models.registry import known_models
 from xmodal.models.runtime import EncoderSession, Int8Probe, create_session
 from xmodal.models.tokenizer import TextTokenizer, TokenBatch
 from xmodal.parallel import bounded_map
@@ -51,12 +52,14 @@ class Encoder:
         runtime: str = "auto",
         threads: int | None = None,
         decode: DecodeOptions | None = None,
+        source: str | None = None,
     ):
         for path in (config.visual_path, config.textual_path, config.tokenizer_path):
             if not path.is_file():
                 raise ModelFormatError(path, "missing file")
         self.config = config
         self.name = name
+        self.source = source or str(config.folder.resolve())  # how to load it again (see load_model)
         self.dim = config.embed_dim
         self.precision = precision
         self.runtime = runtime
@@ -80,6 +83,21 @@ class Encoder:
         for path in (self.config.visual_path, self.config.textual_path):
             digest.update(_file_signature(path))
         return f"{self.name}@{self.precision}:{digest.hexdigest()}"
+
+    @cached_property
+    def family(self) -> str:
+        """The model's family ("clip", "siglip", ...): from xmodal's catalogue by name, else from its
+        folder's config."""
+        for known in known_models():
+            if known.name == self.name:
+                return known.family
+        raw = self.config.raw
+        model_type = (raw.get("xmodal") or {}).get("model_type")
+        if model_type:
+            return str(model_type)
+        if "init_logit_bias" in raw:  # open_clip configs of SigLIP models carry their sigmoid bias
+            return "siglip"
+        return "clip"
 
     def __repr__(self) -> str:
         return f"Encoder({self.name!r}, dim={self.dim}, precision={self.precision!r})"

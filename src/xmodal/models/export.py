@@ -1,4 +1,4 @@
-"""Export dual encoders to the model folder layout (design §3), with dynamic batch.
+"""Export dual encoders to the model folder layout (Immich's: visual/ and textual/ ONNX graphs), with dynamic batch.
 
 `export_towers` writes any pair of torch modules (image -> unit embedding, tokens -> unit
 embedding) plus tokenizer files and configs, checks the ONNX graphs against torch, and moves the

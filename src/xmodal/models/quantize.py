@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from xmodal.paths import cache_root
+from xmodal import settings
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def quantized_copy(src: Path, *, reduce_range: bool) -> Path:
     weight range)."""
     stat = src.stat()
     ident = f"{src.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{'s7' if reduce_range else 's8'}"
-    dst = cache_root() / "int8" / hashlib.sha256(ident.encode()).hexdigest()[:20] / "model.onnx"
+    dst = settings.current().cache_dir / "int8" / hashlib.sha256(ident.encode()).hexdigest()[:20] / "model.onnx"
     if not dst.exists():
         log.info("quantizing %s to int8 (once; cached in %s)", src, dst.parent)
         quantize_model(src, dst, reduce_range=reduce_range)

@@ -15,6 +15,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from xmodal import settings
 from xmodal.errors import ModelNotFoundError
 
 # Only the files the loader reads: Immich repos also hold ARM NN / RKNN variants we never use.
@@ -84,12 +85,8 @@ def repo_id_for(name: str) -> str:
 
 
 def hub_offline(offline: bool | None) -> bool:
-    """Offline when asked, or when HF_HUB_OFFLINE / XMODAL_OFFLINE is set."""
-    if offline is not None:
-        return offline
-    return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "XMODAL_OFFLINE")
-    )
+    """Offline when asked, or when the settings say so (XMODAL_OFFLINE / HF_HUB_OFFLINE)."""
+    return settings.current().offline if offline is None else offline
 
 
 def resolve_model(name_or_path: str | os.PathLike, *, offline: bool | None = None) -> tuple[Path, str]:

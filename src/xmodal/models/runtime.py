@@ -9,7 +9,6 @@ torch.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,12 +177,6 @@ def _checked_int8_session(path: Path, probe: Int8Probe, threads: int | None) -> 
     if cosine < MIN_INT8_COSINE:
         raise PrecisionTooLowError(path, probe.tower, "int8", cosine, MIN_INT8_COSINE, cpu.kind)
     return opened[0] if opened else OnnxRuntimeSession(copy, threads)
-
-
-def default_threads() -> int | None:
-    """Threads for one session: $XMODAL_THREADS if set, else the runtime's own default."""
-    value = os.environ.get("XMODAL_THREADS")
-    return int(value) if value and value.isdigit() and int(value) > 0 else None
 
 
 def _check_file(path: Path) -> None:

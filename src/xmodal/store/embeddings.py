@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from xmodal.store.sql import select_in
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
     model_key    TEXT NOT NULL,
@@ -21,31 +23,29 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (model_key, content_hash)
 ) WITHOUT ROWID;
 """
-_BATCH = 500  # SQLite's default limit on bound parameters is 999 (older builds)
 
 
 class EmbeddingStore:
     """float32 vectors by (model_key, content_hash); put/get in batches."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, *, create: bool = True):
         self.conn = conn
-        conn.executescript(SCHEMA)
+        if create:  # a database of its own (the benchmark cache); the catalog creates it in a migration
+            conn.executescript(SCHEMA)
 
     def get_many(self, model_key: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors for those of `hashes` that have one."""
         found: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(hashes))
-        for start in range(0, len(unique), _BATCH):
-            chunk = unique[start : start + _BATCH]
-            marks = ",".join("?" * len(chunk))
-            rows = self.conn.execute(
-                f"SELECT content_hash, dim, vector FROM embeddings WHERE model_key = ? AND content_hash IN ({marks})",
-                [model_key, *chunk],
-            )
-            for content_hash, dim, blob in rows:
-                vector = np.frombuffer(blob, dtype=np.float32)
-                if vector.shape == (dim,):  # a torn or foreign row is treated as missing
-                    found[content_hash] = vector
+        rows = select_in(
+            self.conn,
+            "SELECT content_hash, dim, vector FROM embeddings WHERE model_key = ? AND content_hash IN ({marks})",
+            hashes,
+            before=(model_key,),
+        )
+        for content_hash, dim, blob in rows:
+            vector = np.frombuffer(blob, dtype=np.float32)
+            if vector.shape == (dim,):  # a torn or foreign row is treated as missing
+                found[content_hash] = vector
         return found
 
     def put_many(self, model_key: str, items: Iterable[tuple[str, np.ndarray]]) -> int:
@@ -62,15 +62,3 @@ class EmbeddingStore:
         if model_key is None:
             return self.conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
         return self.conn.execute("SELECT COUNT(*) FROM embeddings WHERE model_key = ?", (model_key,)).fetchone()[0]
-
-    def delete_unreferenced(self, model_key: str, keep: set[str]) -> int:
-        """Drop vectors of `model_key` whose content hash is not in `keep`."""
-        stale = [
-            h
-            for (h,) in self.conn.execute("SELECT content_hash FROM embeddings WHERE model_key = ?", (model_key,))
-            if h not in keep
-        ]
-        self.conn.executemany(
-            "DELETE FROM embeddings WHERE model_key = ? AND content_hash = ?", [(model_key, h) for h in stale]
-        )
-        return len(stale)

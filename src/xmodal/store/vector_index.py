@@ -17,7 +17,6 @@ from xmodal.store.index.factory import (
     choose_spec,
     create_index,
     index_file_info,
-    load_index,
 )
 from xmodal.store.index.faiss_ann import FaissIndex
 from xmodal.store.index.tune import TuneReport, TuneSetting, tune_index
@@ -38,6 +37,5 @@ __all__ = [
     "choose_spec",
     "create_index",
     "index_file_info",
-    "load_index",
     "tune_index",
 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xmodal.datasets.synth_shapes import Shape, describe, fits
+from xmodal.datasets.shapes import Shape, describe, fits
 
 # What a partial description says of each shape besides its kind (always said).
 SAYINGS: tuple[frozenset[str], ...] = (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xmodal.datasets.synth_shapes import Shape, annotated_scenes
+from xmodal.datasets.shapes import Shape, annotated_scenes
 from xmodal.errors import DatasetFormatError, MediaError
 from xmodal.eval.datasets.base import RetrievalDataset
 from xmodal.media.image import DecodeOptions, decode_image

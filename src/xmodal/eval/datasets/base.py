@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xmodal.errors import DatasetFormatError
-from xmodal.media.video import is_video_path
+from xmodal.media.formats import is_video_path
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from xmodal.errors import DatasetFormatError, InvalidArgumentError
 from xmodal.eval.datasets.base import load_json, text_lines
 from xmodal.eval.datasets.captions import PATH_COLUMNS
+from xmodal.media.formats import image_extensions
 
 LABEL_COLUMNS = ("label", "class_name", "classname", "class", "category")
 _WNID = re.compile(r"^n\d{8}$")
@@ -45,13 +45,6 @@ def imagenet_classnames() -> dict[str, str]:
     """WordNet id -> class name for the ImageNet classes shipped with xmodal (250 of the 1000)."""
     data = json.loads(resources.files("xmodal.data").joinpath("imagenet_classes.json").read_text())
     return {c["wnid"]: c["name"] for c in data["classes"]}
-
-
-@lru_cache(maxsize=1)
-def image_extensions() -> frozenset[str]:
-    """File extensions Pillow can open (asked from Pillow rather than kept as a list here)."""
-    Image.init()
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
 def read_classification(

@@ -23,7 +23,7 @@ from xmodal.eval.datasets.base import (
     split_file,
     text_lines,
 )
-from xmodal.media.video import VIDEO_EXTENSIONS
+from xmodal.media.formats import VIDEO_EXTENSIONS
 
 DESCRIPTIONS = "AllVideoDescriptions.txt"
 VIDEO_FOLDERS = ("YouTubeClips", "videos", "")

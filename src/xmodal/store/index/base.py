@@ -1,8 +1,8 @@
 """The VectorIndex interface shared by every backend: argument checks, result order, persistence.
 
 Backends (exact scan, Faiss ANN) implement `_add`, `_remove`, `_search`, `_write_payload` and
-`_from_payload`; everything callers see (validation, padding, tie order, the file format) lives here
-once.
+`_from_payload`, and register themselves by their `kind` when their class is defined; everything
+callers see (validation, padding, tie order, the file format) lives here once.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from xmodal.store.index import file as index_file
 log = logging.getLogger(__name__)
 
 PAD_ID = -1  # id of padding results when fewer than k items qualify (their score is -inf)
+_BACKENDS: dict[str, type[VectorIndex]] = {}  # kind -> class, filled as backend classes are defined
 
 
 class VectorIndex(abc.ABC):
@@ -32,6 +33,13 @@ class VectorIndex(abc.ABC):
         self.spec = spec
         self.dim = int(dim)
         self.params = params  # default search parameters, e.g. "efSearch=128" (set by tune_index)
+        self.meta: dict[str, Any] = {}  # what the index was derived from (saved in its header)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if isinstance(kind, str):
+            _BACKENDS[kind] = cls
 
     # --- what backends implement -------------------------------------------------------------
 
@@ -48,9 +56,18 @@ class VectorIndex(abc.ABC):
 
     @abc.abstractmethod
     def _search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, params: dict[str, float]
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        excluded: np.ndarray | None,
+        params: dict[str, float],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-k candidates: (scores, ids, tie keys), each (Q, k'), unsorted; ids -1 for padding."""
+
+    @abc.abstractmethod
+    def copy(self) -> VectorIndex:
+        """An independent copy (changing one never changes the other)."""
 
     @abc.abstractmethod
     def _write_payload(self, write: Callable[[bytes], Any]) -> dict[str, Any]:
@@ -101,13 +118,15 @@ class VectorIndex(abc.ABC):
         k: int,
         *,
         allowed: np.ndarray | None = None,
+        excluded: np.ndarray | None = None,
         params: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (scores float32 (Q, k), ids int64 (Q, k)), best first.
 
         Ties are broken by insertion position (exact) or id (Faiss), so results are deterministic;
         rows with fewer than k candidates are padded with id -1 and score -inf. `allowed` limits
-        results to those ids (filters); `params` overrides the default search parameters.
+        results to those ids (filters), `excluded` leaves those out (superseded entries); `params`
+        overrides the default search parameters.
         """
         queries = self._as_vectors(queries, "queries")
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -121,35 +140,34 @@ class VectorIndex(abc.ABC):
             raise InvalidArgumentError("search parameter", unknown[0], valid)
         if allowed is not None:
             allowed = np.unique(as_ids(allowed))
+        if excluded is not None:
+            excluded = np.unique(as_ids(excluded)) if len(excluded) else None
         if len(queries) == 0 or len(self) == 0 or (allowed is not None and len(allowed) == 0):
             return padding(len(queries), k)
-        scores, ids, ties = self._search(queries, k, allowed, values)
+        scores, ids, ties = self._search(queries, k, allowed, excluded, values)
         return top_k_sorted(scores, ids, ties, k)
 
     def save(self, path: str | Path) -> None:
-        """Write the index atomically (temp file, fsync, rename) with its spec, ids and checksums."""
-        header = {"kind": self.kind, "spec": self.spec, "dim": self.dim, "params": self.params}
+        """Write the index atomically (unique temp file, fsync, rename) with its spec, ids, `meta`
+        and checksums in one file: what it was derived from can never disagree with its contents."""
+        header = {"kind": self.kind, "spec": self.spec, "dim": self.dim, "params": self.params, "meta": self.meta}
         index_file.write(Path(path), header, self.ids, self._write_payload)
         log.info("saved %s index of %d vectors to %s", self.spec, len(self), path)
 
-    @classmethod
-    def load(cls, path: str | Path, *, expected_ids: np.ndarray | None = None) -> VectorIndex:
+    @staticmethod
+    def load(path: str | Path, *, expected_ids: np.ndarray | None = None) -> VectorIndex:
         """Read a saved index; IndexCorruptError if damaged, StaleIndexError if its ids differ from
         `expected_ids` (compared as sets). Never returns an index it could not verify."""
-        from xmodal.store.index.factory import load_index  # the factory knows every backend and imports this module
 
-        return load_index(path, expected_ids=expected_ids)
+        def build(header: dict[str, Any], ids: np.ndarray, read: Callable[[int], bytes]) -> VectorIndex:
+            backend = _BACKENDS.get(header.get("kind"))
+            if backend is None:
+                raise ValueError(f"unknown index kind {header.get('kind')!r}")
+            index = backend._from_payload(header, ids, read)
+            index.meta = dict(header.get("meta") or {})
+            return index
 
-    def describe(self) -> dict[str, Any]:
-        """A JSON-ready summary for status reports."""
-        return {
-            "spec": self.spec,
-            "kind": self.kind,
-            "dim": self.dim,
-            "count": len(self),
-            "params": self.params,
-            "memory_bytes": self.memory_bytes(),
-        }
+        return index_file.read(path, build, expected_ids)
 
     def _as_vectors(self, vectors: np.ndarray, name: str) -> np.ndarray:
         array = np.asarray(vectors)

@@ -74,7 +74,41 @@ class ExactIndex(VectorIndex):
     def memory_bytes(self) -> int:
         return len(self._ids) * (self._code_size + 8)
 
+    def copy(self) -> ExactIndex:
+        twin = ExactIndex(self.dim, self.storage, self.spec, self.params)
+        twin.meta = dict(self.meta)
+        twin.add_stored(self._ids, self.stored_rows())
+        return twin
+
     # --- storage ------------------------------------------------------------------------------
+
+    def stored_rows(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """The stored vectors (all, or those at `positions`) in the storage dtype (float16 rows come
+        back bit for bit, with no float32 copy of the collection)."""
+        if positions is None:
+            parts = [self._codes(block) for block in self._blocks]
+            return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=self._dtype)
+        out = np.empty((len(positions), self.dim), dtype=self._dtype)
+        blocks = np.searchsorted(self._starts, positions, side="right") - 1
+        for number in np.unique(blocks):
+            where = blocks == number
+            out[where] = self._codes(self._blocks[number])[positions[where] - self._starts[number]]
+        return out
+
+    def live(self, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, stored rows) of every vector whose id is not in `excluded`, in insertion order."""
+        keep = ~np.isin(self._ids, excluded) if len(excluded) else np.ones(len(self._ids), dtype=bool)
+        return self._ids[keep], self.stored_rows(np.flatnonzero(keep))
+
+    def add_stored(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        """Append rows already in this index's storage dtype under new ids (no conversion, no checks
+        beyond the shapes: for merging indexes of the same storage)."""
+        if rows.dtype != self._dtype or rows.shape != (len(ids), self.dim):
+            raise InvalidArgumentError("rows", f"{rows.dtype} {rows.shape}", f"{self._dtype} ({len(ids)}, {self.dim})")
+        self._append_rows(np.ascontiguousarray(rows))
+        self._update_starts()
+        self._ids = np.concatenate([self._ids, np.asarray(ids, dtype=np.int64)])
+        self._lookup = None
 
     def _new_block(self) -> faiss.IndexFlatCodes:
         if self.storage == "fp16":
@@ -141,44 +175,52 @@ class ExactIndex(VectorIndex):
 
     def _rows(self, positions: np.ndarray) -> np.ndarray:
         """float32 copies of the stored vectors at these positions."""
-        out = np.empty((len(positions), self.dim), dtype=np.float32)
-        blocks = np.searchsorted(self._starts, positions, side="right") - 1
-        for number in np.unique(blocks):
-            where = blocks == number
-            out[where] = self._codes(self._blocks[number])[positions[where] - self._starts[number]]
-        return out
+        return self.stored_rows(positions).astype(np.float32)
 
     # --- search -------------------------------------------------------------------------------
 
     def _search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, params: dict[str, float]
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        excluded: np.ndarray | None,
+        params: dict[str, float],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mask = None
+        dropped = self._positions(excluded) if excluded is not None else None
         if allowed is not None:
             positions = self._positions(allowed)
+            if dropped is not None:
+                positions = np.setdiff1d(positions, dropped, assume_unique=True)
             if len(positions) <= _GATHER_MAX:
                 scores = queries @ self._rows(positions).T
                 found = np.broadcast_to(positions, scores.shape)
                 return scores, self._ids[found], found
             mask = np.zeros(len(self._ids), dtype=bool)
             mask[positions] = True
+        elif dropped is not None and len(dropped):
+            mask = np.ones(len(self._ids), dtype=bool)
+            mask[dropped] = False
         n_blocks = len(self._blocks)
         if len(self._ids) >= _PARALLEL_MIN_ROWS and _thread_count() > 1:
             ranges = np.array_split(np.arange(n_blocks), min(n_blocks, _thread_count()))
-            parts = list(_workers().map(lambda r: self._scan(queries, k, r, mask, True), ranges))
+            parts = list(_workers().map(lambda r: self._scan(queries, k, r, mask), ranges))
         else:
-            parts = [self._scan(queries, k, np.arange(n_blocks), mask, False)]
+            parts = [self._scan(queries, k, np.arange(n_blocks), mask)]
         scores = np.concatenate([p[0] for p in parts], axis=1)
         positions = np.concatenate([p[1] for p in parts], axis=1)
         ids = np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1)
         return scores, ids, positions
 
     def _scan(
-        self, queries: np.ndarray, k: int, blocks: np.ndarray, mask: np.ndarray | None, in_worker: bool
+        self, queries: np.ndarray, k: int, blocks: np.ndarray, mask: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, positions) of these blocks, each block scanned once for all queries."""
-        if in_worker:
-            faiss.omp_set_num_threads(1)  # per thread: the pool is the parallelism, not OpenMP
+        # One OpenMP thread for this calling thread: the scan pool is the parallelism. OpenMP teams
+        # over ~1 MiB blocks cost more than they bring, and on busy cores a team waits for its
+        # descheduled member (a 300-vector search took 40 ms instead of 0.1 ms).
+        faiss.omp_set_num_threads(1)
         heap = faiss.ResultHeap(len(queries), k, keep_max=True)
         for number in blocks:
             block, start = self._blocks[number], int(self._starts[number])

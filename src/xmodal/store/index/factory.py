@@ -17,7 +17,6 @@ from xmodal.store.index.faiss_ann import FaissIndex
 # build time and no recall loss. Larger collections get an HNSW graph over float16 vectors.
 AUTO_EXACT_MAX = 1_000_000
 AUTO_ANN_SPEC = "HNSW32,SQfp16"
-_BACKENDS: dict[str, type[VectorIndex]] = {ExactIndex.kind: ExactIndex, FaissIndex.kind: FaissIndex}
 
 
 def choose_spec(count: int) -> str:
@@ -53,18 +52,7 @@ def build_index(ids: np.ndarray, vectors: np.ndarray, spec: str = "auto") -> Vec
     return index
 
 
-def load_index(path: str | Path, *, expected_ids: np.ndarray | None = None) -> VectorIndex:
-    """Read an index saved by `VectorIndex.save`, verified (see `VectorIndex.load`)."""
-
-    def build(header, ids, read):
-        backend = _BACKENDS.get(header.get("kind"))
-        if backend is None:
-            raise ValueError(f"unknown index kind {header.get('kind')!r}")
-        return backend._from_payload(header, ids, read)
-
-    return index_file.read(path, build, expected_ids)
-
-
 def index_file_info(path: str | Path) -> dict:
-    """The header of a saved index (spec, kind, dim, count, params, sizes, checksums) without loading it."""
+    """The header of a saved index (spec, kind, dim, count, params, meta, sizes, checksums), checked
+    but without reading its payload."""
     return index_file.read_header(path)

@@ -136,6 +136,8 @@ class FaissIndex(VectorIndex):
     def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if not self.index.is_trained:
             raise InvalidArgumentError("index", self.spec, "a trained index (build it with build_index)")
+        if len(self._dead) and np.isin(ids, self._dead).any():
+            self._rebuild_without_dead()  # a tombstoned id added again: its old vector must go first
         self.index.add_with_ids(vectors, ids)
         self._ids = np.concatenate([self._ids, ids])
 
@@ -165,13 +167,27 @@ class FaissIndex(VectorIndex):
 
     # --- search -------------------------------------------------------------------------------
 
+    def copy(self) -> FaissIndex:
+        twin = FaissIndex(faiss.clone_index(self.index), self.spec, self.params, self._ids.copy())
+        twin._dead, twin.meta = self._dead.copy(), dict(self.meta)
+        return twin
+
     def _search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, params: dict[str, float]
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        excluded: np.ndarray | None,
+        params: dict[str, float],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keep: list[Any] = []  # Faiss holds raw pointers to these selectors during the search
         selector, widen = None, 1.0
+        dead = self._dead if excluded is None else np.union1d(self._dead, excluded)
         if allowed is not None:
-            allowed = allowed[np.isin(allowed, self._ids)]
+            allowed = allowed[np.isin(allowed, self._ids) & ~np.isin(allowed, dead)]
+            if not len(allowed):
+                empty = np.empty((len(queries), 0))
+                return empty.astype(np.float32), empty.astype(np.int64), empty.astype(np.int64)
             share = len(allowed) / len(self)
             if isinstance(self.index, faiss.IndexIDMap2) and share <= _FILTER_EXACT_SHARE:
                 # graph walks lose their way on sparse filters: score the few allowed vectors directly
@@ -180,10 +196,10 @@ class FaissIndex(VectorIndex):
                 found = np.broadcast_to(allowed, scores.shape)
                 return scores, found, found
             selector, widen = _batch_selector(allowed, keep), 1 / share
-        if len(self._dead):
-            dead = faiss.IDSelectorNot(_batch_selector(self._dead, keep))
-            keep.append(dead)
-            selector = dead if selector is None else faiss.IDSelectorAnd(selector, dead)
+        if len(dead):
+            not_dead = faiss.IDSelectorNot(_batch_selector(dead, keep))
+            keep.append(not_dead)
+            selector = not_dead if selector is None else faiss.IDSelectorAnd(selector, not_dead)
         search_params, where = self._search_parameters(params, widen, keep)
         if selector is not None:
             if where is not search_params:  # a refined index filters in its base, which sees positions

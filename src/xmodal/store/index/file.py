@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import struct
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -51,10 +52,12 @@ class _HashingWriter:
 def write(path: Path, header: dict[str, Any], ids: np.ndarray, write_payload: Callable) -> None:
     """Write ids, the payload streamed by `write_payload(write)` and the header to `path` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # unique per writer
+    tmp = Path(name)
+    os.fchmod(fd, 0o644)  # mkstemp makes it private; an index is as readable as the catalog beside it
     ids_bytes = np.ascontiguousarray(ids, dtype="<i8").tobytes()
     try:
-        with open(tmp, "wb") as file:
+        with open(fd, "wb") as file:
             file.write(_MAGIC)
             file.write(ids_bytes)
             payload = _HashingWriter(file)

@@ -1,6 +1,6 @@
 """Pick an ANN index's search parameters: the cheapest setting whose recall@k meets a target.
 
-Seed 002's sweep, measured properly: recall@k against exact search on held-out queries for a rising
+A sweep measured properly: recall@k against exact search on held-out queries for a rising
 sweep of nprobe (IVF) or efSearch (HNSW); the first setting that meets the target wins (cost grows
 with the parameter) and becomes the index's default `params`.
 """

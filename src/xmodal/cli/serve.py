@@ -1,0 +1,56 @@
+"""`xmodal serve`: the HTTP API, the web page and the Immich-compatible machine-learning endpoint."""
+
+from __future__ import annotations
+
+import typer
+
+from xmodal import settings
+
+
+def serve(
+    host: str = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1, or $XMODAL_HOST)."),
+    port: int = typer.Option(None, "--port", min=1, max=65535, help="Port (default 8000, or $XMODAL_PORT)."),
+    api_key: str = typer.Option(
+        None,
+        "--api-key",
+        help="Key clients must send (x-api-key header or Authorization: Bearer); needed to listen beyond"
+        " loopback. $XMODAL_API_KEY keeps it out of the process list.",
+    ),
+    ml_only: bool = typer.Option(
+        False, "--ml-only", help="Serve only machine learning (Immich's /ping and /predict), without a library."
+    ),
+    preload: list[str] = typer.Option(
+        None, "--preload", help="Model to load at start and keep loaded: a known name or a model folder (repeatable)."
+    ),
+    model_ttl: float = typer.Option(
+        None, "--model-ttl", min=0, help="Seconds an unused model stays loaded; 0 = forever (default 300)."
+    ),
+    max_upload: str = typer.Option(None, "--max-upload", help="Largest request body, e.g. 64M (default 64M)."),
+    request_timeout: float = typer.Option(
+        None, "--request-timeout", min=0, help="Seconds a request may compute before it gets 504; 0 = no limit."
+    ),
+    cors_origin: list[str] = typer.Option(
+        None, "--cors-origin", help="Origin allowed to call the API from a browser (repeatable; default: none)."
+    ),
+    trusted_network: list[str] = typer.Option(
+        None,
+        "--trusted-network",
+        help="Client network that needs no API key, e.g. the Docker network of an Immich server (repeatable).",
+    ),
+) -> None:
+    """Serve search over HTTP: a JSON API with OpenAPI docs at /docs, a web page at /, /metrics, and an
+    Immich-compatible machine-learning endpoint (point IMMICH_MACHINE_LEARNING_URL at it)."""
+    from xmodal.serve import run_server
+
+    config = settings.configure(
+        host=host,
+        port=port,
+        api_key=api_key,
+        preload=preload or None,
+        model_ttl=model_ttl,
+        max_upload_bytes=settings.parse_size(max_upload, "--max-upload") if max_upload is not None else None,
+        request_timeout=request_timeout,
+        cors_origins=cors_origin or None,
+        trusted_networks=trusted_network or None,
+    )
+    run_server(config, library=None)

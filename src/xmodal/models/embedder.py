@@ -1,0 +1,41 @@
+"""The `Embedder` protocol: what the library, the ingest pipeline and the benchmarks need of a model.
+
+`Encoder` (ONNX Runtime / OpenVINO graphs of a model folder) is the implementation users have;
+anything else that offers these members (a remote model, a deterministic test model) can index and
+search a library the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from xmodal.media.image import DecodeOptions
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Images (decoded, preprocessed) and texts into one space of unit vectors."""
+
+    model_key: str  # names the embedding space: caches and indexes are keyed by it
+    name: str
+    dim: int
+    precision: str
+    family: str  # "clip", "siglip", ... (decides default score floors)
+    source: str  # how to load it again: a known model name or a folder
+    decode_options: DecodeOptions
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """A decoded RGB image -> the image tower's (3, S, S) float32 input."""
+        ...
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Preprocessed (N, 3, S, S) batch -> (N, D) float32 unit rows."""
+        ...
+
+    def embed_texts(self, texts: Sequence[str], language: str | None = None) -> np.ndarray:
+        """Texts -> (N, D) float32 unit rows."""
+        ...

@@ -1,0 +1,39 @@
+"""Running the app under uvicorn: `run_server(settings)` is what `xmodal serve` calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from xmodal.errors import XmodalError
+from xmodal.serve.app import create_app
+from xmodal.serve.security import check_bind
+from xmodal.settings import Settings
+
+
+def make_server(app: FastAPI, settings: Settings, **config: Any) -> uvicorn.Server:
+    """A uvicorn server for `app` with xmodal's choices: no X-Forwarded-For trust (a client could
+    otherwise claim a trusted address), no server header, a bounded graceful shutdown."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "proxy_headers": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": 10,
+        "log_level": "info",
+    }
+    return uvicorn.Server(uvicorn.Config(app, **(options | config)))
+
+
+def run_server(settings: Settings, library: Any | None = None) -> None:
+    """Serve until interrupted; refuses an unsafe bind and unknown preload names before listening."""
+    check_bind(settings)
+    app = create_app(settings, library)
+    for source in settings.preload:
+        app.state.xmodal.models.add_alias(source)
+    server = make_server(app, settings)
+    server.run()
+    if not server.started:
+        raise XmodalError(f"the server did not start on {settings.host}:{settings.port} (see the log above)")
