@@ -126,6 +126,22 @@ def throughput(fn, items: int, seconds: float) -> float:
     return items * reps / (time.perf_counter() - start)
 
 
+def report(tower: str, name: str, cosine: float, ips: float | None, fp32_ips: float | None, header: dict) -> dict:
+    """Print one result line and return it as a row."""
+    row = {
+        "tower": tower,
+        "recipe": name,
+        "min_cosine_vs_fp32": cosine,
+        "items_per_s": ips,
+        "vs_fp32": ips / fp32_ips if ips and fp32_ips else None,
+        "xmodal": name == header["xmodal_int8"],
+    }
+    timing = f"{ips:8.2f} items/s  x{row['vs_fp32']:.2f}" if ips else "(not timed)"
+    mark = "  <- xmodal int8 here" if row["xmodal"] else ""
+    print(f"{tower:8s} {name:36s} cos {cosine:.6f}  {timing}{mark}", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an exported model folder (default: build ViT-B/32 geometry)")
@@ -168,35 +184,28 @@ def main() -> None:
             options, config = RECIPES[name]
             graph_name = name.replace(" + x64quantprecision", "").replace(" ", "_")
             graphs[name] = (quantize(src, work / "graphs" / tower / f"{graph_name}.onnx", options), config)
-        sessions = {name: open_session(path, config) for name, (path, config) in graphs.items()}
-        feed_name = sessions["fp32"].get_inputs()[0].name
         x = probe[tower]
-        batch = np.concatenate([x] * (args.batch // len(x) + 1))[: args.batch]
-        reference = unit_rows(sessions["fp32"].run(None, {feed_name: x})[0])
-        cosine = {
-            n: float(np.min(np.sum(unit_rows(s.run(None, {feed_name: x})[0]) * reference, axis=1)))
-            for n, s in sessions.items()
-        }
+        cosine: dict[str, float] = {}
+        sessions = {}
+        reference = None  # fp32 comes first
+        for name, (path, config) in graphs.items():  # one at a time, printed as it comes (emulation is slow)
+            session = open_session(path, config)
+            feed_name = session.get_inputs()[0].name
+            out = unit_rows(session.run(None, {feed_name: x})[0])
+            reference = out if reference is None else reference
+            cosine[name] = float(np.min(np.sum(out * reference, axis=1)))
+            if args.rounds:
+                sessions[name] = session
+            else:
+                rows.append(report(tower, name, cosine[name], None, None, header))
         speed: dict[str, float] = {}
+        batch = {feed_name: np.concatenate([x] * (args.batch // len(x) + 1))[: args.batch]}
         for _ in range(args.rounds):
             for name, session in sessions.items():
-                feeds = {feed_name: batch}
-                ips = throughput(lambda s=session, f=feeds: s.run(None, f), len(batch), args.seconds)
+                ips = throughput(lambda s=session, f=batch: s.run(None, f), args.batch, args.seconds)
                 speed[name] = max(speed.get(name, 0.0), ips)
         for name in sessions:
-            ips = speed.get(name)
-            row = {
-                "tower": tower,
-                "recipe": name,
-                "min_cosine_vs_fp32": cosine[name],
-                "items_per_s": ips,
-                "vs_fp32": ips / speed["fp32"] if ips else None,
-                "xmodal": name == header["xmodal_int8"],
-            }
-            rows.append(row)
-            timing = f"{ips:8.2f} items/s  x{row['vs_fp32']:.2f}" if ips else "(not timed)"
-            mark = "  <- xmodal int8 here" if row["xmodal"] else ""
-            print(f"{tower:8s} {name:36s} cos {cosine[name]:.6f}  {timing}{mark}")
+            rows.append(report(tower, name, cosine[name], speed[name], speed["fp32"], header))
     if args.json:
         args.json.write_text(json.dumps({"cpu": header, "batch": args.batch, "rows": rows}, indent=2))
 
