@@ -5,8 +5,9 @@ xmodal. Recipes (ONNX Runtime dynamic quantization of the MatMul weights, uint8 
 8-bit and 7-bit (reduce_range) per-channel weights — the two xmodal picks between, by whether
 this CPU's uint8 x int8 products saturate — the 8-bit graph run with ONNX Runtime's
 session.x64quantprecision (uint8 x uint8 kernels where u8s8 would saturate), per-tensor weights,
-uint8 weights, and only the MLP MatMuls quantized. Cosine = the lowest over xmodal's probe inputs
-(8 texts, 4 images) to fp32 on the same CPU; speed = items/s at --batch, interleaved rounds, best
+uint8 weights, only the MLP MatMuls quantized, and static QDQ (activation ranges calibrated
+beforehand on other inputs). In every recipe the attention products of two activations stay in
+float. Cosine = the lowest over xmodal's probe inputs (8 texts, 4 images) to fp32 on the same CPU; speed = items/s at --batch, interleaved rounds, best
 round kept. The header names the CPU and the int8 features its CPUID reports (what ONNX Runtime
 dispatches on) and the row xmodal uses here.
 
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -46,7 +48,21 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     "u8 per-channel": ({"per_channel": True, "weight_type": "QUInt8"}, {}),
     "s8 per-channel MLP-only": ({"per_channel": True, "mlp_only": True}, {}),
     "s7 per-channel MLP-only": ({"per_channel": True, "reduce_range": True, "mlp_only": True}, {}),
+    "s8 per-channel QDQ static": ({"per_channel": True, "static": True}, {}),
+    "s7 per-channel QDQ static": ({"per_channel": True, "reduce_range": True, "static": True}, {}),
 }
+# Static (QDQ) recipes fix the activation ranges from these inputs, not the probe's: texts of the
+# same kind and the probe images mirrored.
+CALIBRATION_TEXTS = (
+    "a cat sitting on a windowsill in the sun",
+    "a bowl of fruit on a wooden table",
+    "a woman riding a bicycle down a city street",
+    "a sailboat on a lake at sunset",
+    "a birthday cake with lit candles",
+    "a train crossing a bridge over a river",
+    "a group of friends taking a selfie",
+    "a close-up photo of a yellow flower",
+)
 XMODAL_PICKS = {False: "s8 per-channel", True: "s7 per-channel (reduce_range)"}  # by cpu_int8().saturates
 
 
@@ -73,29 +89,55 @@ def cpu_header() -> dict:
     return info
 
 
-def quantize(src: Path, dst: Path, options: dict) -> Path:
-    """dst = src quantized with one recipe (made once; kept for later runs)."""
+def quantize(src: Path, dst: Path, options: dict, calibration: dict[str, np.ndarray]) -> Path:
+    """dst = src quantized with one recipe (made once; kept for later runs). Dynamic recipes
+    quantize activations per batch at run time; static ones (QDQ) use ranges fixed on
+    `calibration`. Either way only MatMul/Gemm with a weight operand are quantized: the attention
+    products of two activations stay in float."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     if dst.exists():
         return dst
     options = dict(options)
-    nodes = None
-    if options.pop("mlp_only", False):
-        graph = onnx.load(str(src), load_external_data=False)
-        nodes = [n.name for n in graph.graph.node if n.op_type == "MatMul" and "/mlp/" in n.name]
+    graph = onnx.load(str(src), load_external_data=False)
+    weights = {i.name for i in graph.graph.initializer}
+    mlp_only = options.pop("mlp_only", False)
+    nodes = [
+        n.name
+        for n in graph.graph.node
+        if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights and (not mlp_only or "/mlp/" in n.name)
+    ]
     weight_type = QuantType[options.pop("weight_type", "QInt8")]
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(".tmp.onnx")
-    quantize_dynamic(
-        str(src),
-        str(tmp),
-        weight_type=weight_type,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_quantize=nodes,
-        **options,
-    )
+    common = {"weight_type": weight_type, "op_types_to_quantize": ["MatMul", "Gemm"], "nodes_to_quantize": nodes}
+    if options.pop("static", False):
+
+        class Feeds(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.rows = iter([calibration])
+
+            def get_next(self):
+                return next(self.rows, None)
+
+        quantize_static(
+            str(src),
+            str(tmp),
+            Feeds(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            **common,
+            **options,
+        )
+    else:
+        quantize_dynamic(str(src), str(tmp), **common, **options)
     os.replace(tmp, dst)
     return dst
 
@@ -175,6 +217,11 @@ def main() -> None:
     )
     tokens = enc.tokenize(PROBE_TEXTS)
     probe = {"textual": tokens.ids.astype(np.int32), "visual": enc.preprocess.batch(probe_images())}
+    mirrored = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in probe_images()]
+    calibration = {
+        "textual": enc.tokenize(CALIBRATION_TEXTS).ids.astype(np.int32),
+        "visual": enc.preprocess.batch(mirrored),
+    }
     names = [n for n in args.recipes.split(",") if n]
     rows = []
     for tower in args.towers.split(","):
@@ -183,7 +230,8 @@ def main() -> None:
         for name in names:
             options, config = RECIPES[name]
             graph_name = name.replace(" + x64quantprecision", "").replace(" ", "_")
-            graphs[name] = (quantize(src, work / "graphs" / tower / f"{graph_name}.onnx", options), config)
+            feeds = {open_session(src, {}).get_inputs()[0].name: calibration[tower]}
+            graphs[name] = (quantize(src, work / "graphs" / tower / f"{graph_name}.onnx", options, feeds), config)
         x = probe[tower]
         cosine: dict[str, float] = {}
         sessions = {}

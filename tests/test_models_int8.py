@@ -55,7 +55,7 @@ def lossy_model_dir(clip_checkpoint: Path, tmp_path_factory: pytest.TempPathFact
     return export_hf_checkpoint(outlier_feature_checkpoint(clip_checkpoint, work / "ckpt"), work / "model")
 
 
-def test_int8_below_threshold_is_refused_with_the_reason(lossy_model_dir):
+def test_int8_below_threshold_is_refused_with_the_reason(lossy_model_dir, int8_cpu):
     fp32 = xmodal.load_model(lossy_model_dir)
     int8 = xmodal.load_model(lossy_model_dir, precision="int8")
     with pytest.raises(PrecisionTooLowError) as info:
@@ -63,11 +63,11 @@ def test_int8_below_threshold_is_refused_with_the_reason(lossy_model_dir):
     err = info.value
     message = str(err)
     assert err.path == str(lossy_model_dir / "textual" / "model.onnx") and message.startswith(err.path + ": ")
-    assert err.tower == "text tower" and err.threshold == 0.99 and err.cpu == cpu_int8().kind
+    assert err.tower == "text tower" and err.threshold == 0.99 and err.cpu == int8_cpu.kind
     assert err.cosine < 0.99 and f"cosine {err.cosine:.4f}" in message
     assert "int8 text tower" in message and "0.99" in message and "--precision fp32" in message
     # The measurement is honest: the int8 graph really is that far from fp32 on these texts too.
-    graph = quantized_copy(lossy_model_dir / "textual" / "model.onnx", reduce_range=cpu_int8().saturates)
+    graph = quantized_copy(lossy_model_dir / "textual" / "model.onnx", reduce_range=int8_cpu.saturates)
     ort_int8 = OnnxRuntimeSession(graph)
     tokens = fp32.tokenize(TEXTS)
     raw = ort_int8.run({ort_int8.input_names[0]: tokens.ids})
@@ -104,6 +104,41 @@ def test_check_is_kept_per_cpu_kind(clip_model_dir):
     path.write_text(json.dumps({key: {**records[key], "min_cosine": 0.9}}))
     with pytest.raises(PrecisionTooLowError, match="cosine 0.9000"):
         xmodal.load_model(clip_model_dir, precision="int8").embed_texts(TEXTS)
+    path.unlink()
+
+
+def test_check_is_measured_once_per_cpu_kind(clip_model_dir, monkeypatch):
+    """Two CPU kinds that share the 7-bit graph (AVX2 alone, AVX-512 without VNNI) each get their
+    own measurement, once: loading again on either reads the record and writes nothing."""
+    from xmodal.models import quantize
+
+    textual = clip_model_dir / "textual" / "model.onnx"
+    path = quantized_copy(textual, reduce_range=True).parent / CHECKS_FILE
+    path.unlink(missing_ok=True)
+    kinds = [
+        quantize.CpuInt8.from_features("x86_64", {"AVX2": True}),
+        quantize.CpuInt8.from_features("x86_64", {"AVX2": True, "AVX512BW": True}),
+    ]
+    assert all(cpu.saturates for cpu in kinds) and kinds[0].kind != kinds[1].kind
+    written = []
+    for cpu in kinds:
+        monkeypatch.setattr(quantize, "cpu_int8", lambda cpu=cpu: cpu)
+        xmodal.load_model(clip_model_dir, precision="int8").embed_texts(TEXTS)
+        written.append(path.read_bytes())
+    records = json.loads(written[-1])
+    assert sorted(r["cpu"] for r in records.values()) == sorted(cpu.kind for cpu in kinds)
+    assert all(0.99 <= r["min_cosine"] <= 1.0 for r in records.values())
+    assert json.loads(written[0]).items() <= records.items()  # the first kind's record is kept as it was
+    for cpu in kinds:
+        monkeypatch.setattr(quantize, "cpu_int8", lambda cpu=cpu: cpu)
+        xmodal.load_model(clip_model_dir, precision="int8").embed_texts(TEXTS)
+        assert path.read_bytes() == written[-1]  # no new measurement, no new timestamp
+    # What a load uses is the record: one saying this kind fell short refuses without measuring.
+    (key,) = [k for k, r in records.items() if r["cpu"] == kinds[1].kind]
+    path.write_text(json.dumps({**records, key: {**records[key], "min_cosine": 0.95}}))
+    with pytest.raises(PrecisionTooLowError, match="cosine 0.9500") as info:
+        xmodal.load_model(clip_model_dir, precision="int8").embed_texts(TEXTS)
+    assert info.value.cpu == kinds[1].kind
     path.unlink()
 
 

@@ -25,7 +25,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -66,6 +66,17 @@ class CpuInt8:
         """A short name of this CPU kind for records and messages, e.g. 'x86_64 AVX2'."""
         return " ".join((self.machine, *self.features))
 
+    @classmethod
+    def from_features(cls, machine: str, features: Mapping[str, bool]) -> CpuInt8:
+        """The int8 kind of a CPU with these CPUID features (names as numpy reports them, e.g.
+        "AVX512VNNI"): only x86 without AVX-512 VNNI sums uint8 x int8 pairs in int16."""
+        machine = machine.lower() or "unknown"
+        if machine not in _X86:
+            return cls(machine, (), saturates=False)
+        present = tuple(f for f in _INT8_FEATURES if features.get(f))
+        vnni = bool(features.get("AVX512VNNI")) and bool(features.get("AVX512BW"))
+        return cls(machine, present, saturates=not vnni)
+
 
 _X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 _INT8_FEATURES = ("AVX2", "AVX512BW", "AVX512VNNI")
@@ -77,13 +88,8 @@ def cpu_int8() -> CpuInt8:
     /proc/cpuinfo, which can list features user code does not get (e.g. under an emulator).
     AVX-VNNI without AVX-512 is not reported by numpy and so counts as saturating: such CPUs get
     the 7-bit weights, exact everywhere, at a little less accuracy than they could have."""
-    machine = platform.machine().lower() or "unknown"
-    if machine not in _X86:
-        return CpuInt8(machine, (), saturates=False)
-    features = _cpu_features()
-    present = tuple(f for f in _INT8_FEATURES if features.get(f))
-    vnni = features.get("AVX512VNNI", False) and features.get("AVX512BW", False)
-    return CpuInt8(machine, present, saturates=not vnni)
+    machine = platform.machine()
+    return CpuInt8.from_features(machine, _cpu_features() if machine.lower() in _X86 else {})
 
 
 def _cpu_features() -> dict[str, bool]:
@@ -129,13 +135,12 @@ def quantized_copy(src: Path, *, reduce_range: bool) -> Path:
     return dst
 
 
-def checked_cosine(copy: Path, probe_digest: str, measure: Callable[[], float]) -> float:
+def checked_cosine(copy: Path, probe_digest: str, measure: Callable[[], float], cpu: CpuInt8) -> float:
     """The lowest int8-vs-fp32 cosine of the cached graph `copy` on a probe, as recorded beside it
-    for this CPU kind and ONNX Runtime version; measure() is called (and recorded) when there is
-    no record, so a cache made on another CPU kind is checked again."""
+    for the CPU kind `cpu` and this ONNX Runtime version; measure() is called (and recorded) when
+    there is no record, so a cache made on another CPU kind is checked again."""
     import onnxruntime
 
-    cpu = cpu_int8()
     key = f"{cpu.kind} | onnxruntime {onnxruntime.__version__} | probe {probe_digest}"
     path = copy.parent / CHECKS_FILE
     records = _read_checks(path)

@@ -297,7 +297,7 @@ def _checked_int8_session(path: Path, probe: Int8Probe, threads: int | None) -> 
         reference = probe.embed(OnnxRuntimeSession(path, threads))
         return float(np.min(np.sum(reference * probe.embed(opened[0]), axis=1)))
 
-    cosine = checked_cosine(copy, probe.digest, measure)
+    cosine = checked_cosine(copy, probe.digest, measure, cpu)
     if cosine < MIN_INT8_COSINE:
         raise PrecisionTooLowError(path, probe.tower, "int8", cosine, MIN_INT8_COSINE, cpu.kind)
     return opened[0] if opened else OnnxRuntimeSession(copy, threads)
