@@ -19,8 +19,9 @@ from xmodal.errors import InvalidArgumentError, MediaError, ModelFormatError
 from xmodal.media.options import DecodeOptions
 from xmodal.models.config import ModelConfig
 from xmodal.models.preprocess import ImagePreprocessor
+from xmodal.models.quantize import PROBE_TEXTS, probe_images
 from xmodal.models.registry import known_models
-from xmodal.models.runtime import NPU_RUNTIMES, EncoderSession, create_session
+from xmodal.models.runtime import NPU_RUNTIMES, EncoderSession, Int8Probe, create_session
 from xmodal.parallel import bounded_map
 
 if TYPE_CHECKING:  # Pillow and the tokenizers library load when first used (a cached query needs neither)
@@ -75,7 +76,7 @@ class Encoder:
         # stay within cosine 0.999 of a full decode (tests/test_ingest_levers.py).
         self.decode_options = decode or DecodeOptions(draft_size=math.ceil(DRAFT_MARGIN * self.image_size))
         self.preprocess = ImagePreprocessor(config.preprocess)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: an int8 session's probe needs the tokenizer
         self._sessions: dict[str, EncoderSession] = {}
         self._tokenizer: TextTokenizer | None = None
 
@@ -121,8 +122,10 @@ class Encoder:
         with self._lock:
             if tower not in self._sessions:
                 path = self.config.visual_path if tower == "visual" else self.config.textual_path
+                npu = self.runtime.partition(":")[0] in NPU_RUNTIMES  # NPU graphs keep their own precision
+                probe = self._int8_probe(tower) if self.precision == "int8" and not npu else None
                 self._sessions[tower] = create_session(
-                    path, runtime=self.runtime, precision=self.precision, threads=self.threads
+                    path, runtime=self.runtime, precision=self.precision, threads=self.threads, probe=probe
                 )
             return self._sessions[tower]
 
@@ -131,6 +134,18 @@ class Encoder:
         a load-time measurement); returns the graph file each tower runs (for int8 the quantized copy)."""
         _ = self.tokenizer
         return {tower: self.session(tower).path for tower in ("visual", "textual")}
+
+    def _int8_probe(self, tower: str) -> Int8Probe:
+        """The fixed probe images or texts, prepared for this model, an int8 tower is checked on."""
+        if tower == "visual":
+            pixels = self.preprocess.batch(probe_images())
+            return Int8Probe("image tower", _digest(pixels), lambda s: l2_normalize(s.run({s.input_names[0]: pixels})))
+        tokens = self.tokenize(PROBE_TEXTS)
+        return Int8Probe(
+            "text tower",
+            _digest(tokens.ids, tokens.attention_mask),
+            lambda s: l2_normalize(s.run(self._text_feeds(s, tokens))),
+        )
 
     @property
     def tokenizer(self) -> TextTokenizer:
@@ -222,6 +237,9 @@ class Encoder:
         if len(tokens) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         session = session or self.session("textual")
+        return l2_normalize(session.run(self._text_feeds(session, tokens)))
+
+    def _text_feeds(self, session: EncoderSession, tokens: TokenBatch) -> dict[str, np.ndarray]:
         feeds: dict[str, np.ndarray] = {}
         for name in session.input_names:
             if name in ("text", "input_ids"):
@@ -233,7 +251,7 @@ class Encoder:
                     self.config.textual_path,
                     f"unexpected input {name!r}; expected 'text' or 'input_ids' + 'attention_mask'",
                 )
-        return l2_normalize(session.run(feeds))
+        return feeds
 
     def embed_queries(self, texts: Sequence[str], language: str | None = None, *, resident: bool = False) -> np.ndarray:
         """Search queries -> (N, D) unit rows through the fastest checked query tower of this fp32
@@ -299,6 +317,13 @@ class Encoder:
             for i in range(0, len(texts), batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _file_signature(path: Path, sample: int = 1 << 20) -> bytes:

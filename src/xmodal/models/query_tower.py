@@ -122,12 +122,13 @@ def _optimizing(saved: Path):
 def _save_int8(textual: Path, folder: Path) -> None:
     import onnxruntime as ort
 
-    from xmodal.models.quantize import quantized_copy
+    from xmodal.models.quantize import cpu_int8, quantized_copy
 
     tmp = folder / f".model.{os.getpid()}.ort"
     options = _optimizing(tmp)
     options.add_session_config_entry("session.save_model_format", "ORT")
-    ort.InferenceSession(str(quantized_copy(textual)), options, providers=["CPUExecutionProvider"])
+    copy = quantized_copy(textual, reduce_range=cpu_int8().saturates)  # the weight range this CPU computes exactly
+    ort.InferenceSession(str(copy), options, providers=["CPUExecutionProvider"])
     os.replace(tmp, folder / GRAPH["int8"])
 
 
