@@ -200,6 +200,36 @@ class Library:
         log.info("indexed %s: %s", list(map(str, paths)), report.summary())
         return report
 
+    def import_embeddings(
+        self,
+        folder: str | os.PathLike,
+        model: ModelChoice = None,
+        *,
+        progress: Progress | None = None,
+        wait: bool = False,
+    ) -> IndexReport:
+        """Add the items of an embeddings folder (`xmodal embed-dataset` output, e.g. computed on a
+        cluster) with their stored vectors: no model work. The folder's model must be `model`
+        (default: the model it was made with, loaded by its name or folder) — the same files at the
+        same precision, else LibraryError. Then brings that model's vector index up to date."""
+        from xmodal.scale.importer import import_shards
+        from xmodal.scale.shards import read_manifest
+
+        made_with = read_manifest(folder)["model"]
+        with self._writing(wait=wait, create=True) as catalog:
+            encoder = self._embedder_for_index(catalog, model or made_with["source"], made_with["precision"])
+            if not same_model(encoder.model_key, made_with["key"]):
+                raise LibraryError(
+                    f"{folder}: embeddings of model {made_with['name']} ({made_with['key']}), not of "
+                    f"{encoder.name} ({encoder.model_key}); import with the model they were made with"
+                )
+            record = self._register(catalog, encoder)
+            report = import_shards(catalog, record.key, folder, progress)
+            catalog.update_model(record.key, last_indexed_at=time.time())
+            self._indexes.save(catalog, catalog.model(record.key))
+        log.info("imported %s: %s", folder, report.summary())
+        return report
+
     def _roots(self, catalog: Catalog, paths: Sequence[str | os.PathLike] | None) -> list[str | os.PathLike]:
         """The paths given, else every root indexed before."""
         found = list(paths or [root.path for root in catalog.roots()])

@@ -13,6 +13,7 @@ from xmodal.cli import demo as demo_cli
 from xmodal.cli import eval as eval_cli
 from xmodal.cli import library as library_cli
 from xmodal.cli import models as models_cli
+from xmodal.cli import scale as scale_cli
 from xmodal.cli import serve as serve_cli
 from xmodal.cli import signals
 from xmodal.cli import train as train_cli
@@ -37,6 +38,8 @@ app.command("zeroshot")(eval_cli.zeroshot)
 app.command("train")(train_cli.train)
 app.command("demo")(demo_cli.demo)
 app.command("serve")(serve_cli.serve)
+app.command("embed-dataset")(scale_cli.embed_dataset)
+app.command("build-index")(scale_cli.build_index)
 
 
 @app.callback()

@@ -60,8 +60,15 @@ class RichProgressReporter:
 @contextmanager
 def progress_bar(quiet: bool = False) -> Iterator[Progress]:
     """A progress reporter: a live bar on a terminal, silent when quiet or not a TTY."""
+    with progress_bars(1, quiet) as (bar,):
+        yield bar
+
+
+@contextmanager
+def progress_bars(count: int, quiet: bool = False) -> Iterator[tuple[Progress, ...]]:
+    """`count` reporters drawn as bars one above the other (e.g. shards and items of one job)."""
     if quiet or not err_console.is_terminal or not sys.stderr.isatty():
-        yield NullProgress()
+        yield tuple(NullProgress() for _ in range(count))
         return
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -73,4 +80,4 @@ def progress_bar(quiet: bool = False) -> Iterator[Progress]:
         TimeRemainingColumn(),
     )
     with RichProgress(*columns, console=err_console) as bar:
-        yield RichProgressReporter(bar)
+        yield tuple(RichProgressReporter(bar) for _ in range(count))

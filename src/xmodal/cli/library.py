@@ -55,6 +55,11 @@ def index(
     wait: bool = typer.Option(False, "--wait", help="If another process is indexing this library, wait for it."),
     tune: bool = typer.Option(False, "--tune", help="Then pick ANN search parameters for --target-recall."),
     target_recall: float = typer.Option(0.95, "--target-recall", help="Recall@10 vs exact search for --tune."),
+    from_embeddings: Path = typer.Option(
+        None,
+        "--from-embeddings",
+        help="Import an `xmodal embed-dataset` folder (items with their stored vectors; no model work).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Index photos (and record videos) under PATHS: incremental, resumable, crash-safe.
@@ -66,10 +71,16 @@ def index(
     from xmodal.store.ingest import EmbedConfig
 
     config = EmbedConfig(batch_size=batch_size, workers=workers)
+    if from_embeddings is not None and paths:
+        raise typer.BadParameter("give PATHS or --from-embeddings DIR, not both")
     lib = _open(library)
     with lib:
         report = None
-        if paths or not (tune or index_spec):
+        if from_embeddings is not None:
+            with progress_bar(quiet) as progress:
+                report = lib.import_embeddings(from_embeddings, model, progress=progress, wait=wait)
+            _print_report(report)
+        elif paths or not (tune or index_spec):
             with progress_bar(quiet) as progress:
                 report = lib.index(
                     [str(p) for p in paths or []],

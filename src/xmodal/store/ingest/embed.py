@@ -21,7 +21,7 @@ import numpy as np
 
 from xmodal import settings
 from xmodal.errors import InvalidArgumentError, MediaError
-from xmodal.media.files import read_file
+from xmodal.media.files import content_of, read_file
 from xmodal.media.image import decode_image, probe_image
 from xmodal.models.embedder import Embedder
 from xmodal.parallel import bounded_map
@@ -157,13 +157,12 @@ class EmbedRun:
         if job.type not in READY_TYPES:
             reason = PENDING_REASON.format(type=job.type.capitalize())
             return _Prepared(EmbedResult(job, _row(job, "pending", error=reason)))
+        limit, limit_name = self.limits.max_bytes(job.type), _LIMIT_SETTINGS[job.type]
         try:
-            content = read_file(
-                job.path,
-                self.limits.max_bytes(job.type),
-                digest=job.known_hash is None,
-                limit_name=_LIMIT_SETTINGS[job.type],
-            )
+            if job.data is not None:
+                content = content_of(job.path, job.data, limit, job.mtime_ns, limit_name=limit_name)
+            else:
+                content = read_file(job.path, limit, digest=job.known_hash is None, limit_name=limit_name)
         except MediaError as exc:
             return _Prepared(EmbedResult(job, _row(job, "failed", error=exc.reason)))
         digest = job.known_hash or content.digest
