@@ -35,7 +35,7 @@ from xmodal import settings
 from xmodal.errors import InvalidArgumentError, LibraryError, LibraryNotFoundError, ModelNotFoundError
 from xmodal.media.walk import WalkOptions
 from xmodal.models import load_model
-from xmodal.models.embedder import Embedder
+from xmodal.models.embedder import Embedder, same_model
 from xmodal.progress import Progress
 from xmodal.search import (
     Hit,
@@ -584,12 +584,6 @@ class Library:
             f"model {record.name}: cannot load it again ({'; '.join(problems)}); if its folder moved, pass "
             f"--model NEWPATH (the same files); to use other files, index again with them"
         )
-
-
-def same_model(key: str, other: str) -> bool:
-    """Whether two model keys name the same files at the same precision (a model folder that was
-    moved or renamed keeps its files' digest: ``name@precision:digest``)."""
-    return key == other or key.partition("@")[2] == other.partition("@")[2]
 
 
 def _check_types(type: str | Sequence[str] | None) -> tuple[str, ...] | None:

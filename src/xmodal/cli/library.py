@@ -169,6 +169,9 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
     only_paths: bool = typer.Option(False, "--paths", "-f", help="Same as --format paths: one path per line."),
     null: bool = typer.Option(False, "--null", "-0", help="With paths: end each with a NUL byte (for xargs -0)."),
+    embeddings: Path = typer.Option(
+        None, "--embeddings", help="Search an embeddings folder's built index (xmodal build-index) instead."
+    ),
 ) -> None:
     """Search the library by text, example image, indexed item, or a combination."""
     from xmodal.cli import output as out
@@ -179,8 +182,32 @@ def search(
     if chosen is not None and chosen not in out.FORMATS:
         raise typer.BadParameter(f"{chosen!r} is not one of {', '.join(out.FORMATS)}", param_hint="--format")
     chosen = chosen or ("table" if sys.stdout.isatty() else "paths")
+    if embeddings is not None:
+        results = _search_embeddings(embeddings, query, image, item, model, k, (type, after, before, path_glob))
+    else:
+        results = _search_library(
+            library, query, image, item, model, k, type, after, before, path_glob, min_score, decay_days, moments
+        )
+    _print_results(results, chosen, null)
+
+
+def _search_embeddings(folder: Path, query, image, item, model, k, filters):
+    from xmodal.models import load_model
+    from xmodal.scale.index import ShardedIndex, search_embeddings
+
+    if item is not None or any(filters):
+        raise typer.BadParameter("--item, --type, --after, --before and --path search libraries, not --embeddings")
+    index = ShardedIndex(folder)
+    made_with = index.manifest["model"]
+    encoder = load_model(model or made_with["source"], precision=made_with["precision"])
+    return search_embeddings(index, encoder, query, image, k)
+
+
+def _search_library(
+    library, query, image, item, model, k, type, after, before, path_glob, min_score, decay_days, moments
+):
     with _existing(library) as lib:
-        results = lib.search(
+        return lib.search(
             query,
             image=image,
             k=k,
@@ -194,6 +221,11 @@ def search(
             model=model,
             moments=moments,
         )
+
+
+def _print_results(results, chosen: str, null: bool) -> None:
+    from xmodal.cli import output as out
+
     if chosen == "json":
         say(out.as_json(results))
         return

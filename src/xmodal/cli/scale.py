@@ -77,6 +77,6 @@ def build_index(
             folder, max_memory=max_index_memory, spec=spec, target_recall=target_recall, progress=bar
         )
     say(
-        f"index {info['spec']} ({info['params']}) of {info['count']:,} vectors: {info['index_bytes'] / 2**20:,.1f} MiB, "
+        f"index {info['spec']} ({info['params'] or 'exhaustive'}) of {info['count']:,} vectors: {info['index_bytes'] / 2**20:,.1f} MiB, "
         f"recall@10 {info['recall_at_10']:.3f} vs exact search, built in {info['seconds']:.1f} s -> {info['path']}"
     )
