@@ -4,6 +4,7 @@ crashed machine) by signalling exactly the processes of that session, never by n
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +20,9 @@ from pathlib import Path
 # address; other addresses of the loopback range are taken as they are, so the whole cluster and
 # all its traffic stay on this machine's loopback interface.
 HEAD_IP = "127.0.0.2"
+# A node whose processes are gone is declared dead after 3 missed 1-second health checks (Ray's
+# defaults take about 15 seconds), so the test's worker outage is short.
+FAST_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 WORKER_IP = "127.0.0.3"
 
 
@@ -85,6 +90,8 @@ class LocalCluster:
 
     def __init__(self, temp_dir: Path, pythonpath: str, worker_cpus: int = 2):
         self.temp_dir = temp_dir
+        # Ray's Unix sockets live under its temp dir, and their paths may not exceed 107 bytes
+        self.ray_dir = Path(tempfile.mkdtemp(prefix="xmodal-ray-"))
         self.port = free_port()
         self.address = f"{HEAD_IP}:{self.port}"
         self.worker_cpus = worker_cpus
@@ -101,7 +108,7 @@ class LocalCluster:
 
     def start(self) -> None:
         common = ["--object-store-memory=80000000", "--include-dashboard=false"]
-        spill = f"--temp-dir={self.temp_dir / 'ray'}"
+        spill = f"--temp-dir={self.ray_dir}"
         head = RayNode(
             self.temp_dir,
             self.env,
@@ -111,6 +118,7 @@ class LocalCluster:
             "--num-cpus=0",
             spill,
             *common,
+            f"--system-config={json.dumps(FAST_DEATH)}",
         )
         self.nodes.append(head)
         self.wait_for_nodes(1)
@@ -124,7 +132,7 @@ class LocalCluster:
             f"--node-ip-address={WORKER_IP}",
             f"--num-cpus={self.worker_cpus}",
             "--object-store-memory=80000000",
-            f"--temp-dir={self.temp_dir / 'ray'}",
+            f"--temp-dir={self.ray_dir}",
         )
         self.nodes.append(self.worker)
         self.wait_for_nodes(2)
@@ -160,3 +168,4 @@ class LocalCluster:
         for node in reversed(self.nodes):
             node.kill()
         self.nodes = []
+        shutil.rmtree(self.ray_dir, ignore_errors=True)
