@@ -11,6 +11,7 @@ skipped, so running the command again after any failure finishes the job.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -38,7 +39,10 @@ from xmodal.store.ingest.embed import EmbedConfig
 
 log = logging.getLogger(__name__)
 
-RAY_MODES = "auto (a running cluster, else a local one), local, off (this process, no Ray) or a cluster ADDRESS"
+RAY_MODES = (
+    "auto (a running cluster, else a local one; this process when Ray is not installed), local, "
+    "off (this process, no Ray) or a cluster ADDRESS"
+)
 
 
 class RayUnavailableError(XmodalError):
@@ -164,7 +168,11 @@ def _split_finished(folder: Path, plan: SourcePlan, model_key: str) -> tuple[dic
 def _run(todo, embedder, model, folder, config, options, report):
     if not todo:
         return
-    if options.ray == "off":
+    mode = options.ray
+    if mode == "auto" and importlib.util.find_spec("ray") is None:
+        log.warning("Ray is not installed (pip install 'xmodal[ray]'): embedding in this process")
+        mode = "off"
+    if mode == "off":
         for spec in todo:
             yield embed_shard(spec, embedder, folder, config)
         return

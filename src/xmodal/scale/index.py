@@ -5,7 +5,16 @@ Building never holds all vectors: the index (IVF, with PQ/OPQ codes when raw vec
 is trained on a sample drawn across the shards, then filled shard by shard from the memory-mapped
 float16 files, while an exact top-k over the same shards is kept for held-out queries; the recall
 @10 each nprobe reaches against it picks the search setting. The spec is chosen from a memory
-budget the way autofaiss's `max_index_memory_usage` does: the best code that fits.
+budget the way autofaiss's `max_index_memory_usage` does: the best code that fits (float16, then
+8-bit scalar codes, then product quantizers of fewer and fewer bytes). An OPQ rotation
+("OPQ64,IVF4096,PQ64"), which helps PQ on real embeddings at the cost of a much longer training,
+is built when asked for by spec.
+
+This is not the library's per-model index (store/indexes.py): that one is a cache of a catalog,
+rebuilt and caught up from it, in the xmodal index file format (ids + payload + checksummed
+header, loaded whole). This one is derived from an immutable embeddings folder, so it is never
+caught up, only rebuilt; it is a plain Faiss file (Faiss maps only files of its own format) with
+its header beside it in index.json, and it is searched through the same FaissIndex code.
 
     DIR/index/index.faiss   the Faiss index file (ids are the shards' item ids)
     DIR/index/index.json    spec, search params, measured recall per setting, sizes, SHA-256 of
