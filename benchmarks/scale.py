@@ -145,6 +145,7 @@ def main() -> None:
     i.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(SRC))
+    os.environ["PYTHONPATH"] = str(SRC)  # Ray's worker processes import this tree's xmodal too
     _header()
     embed(args) if args.part == "embed" else index(args)
 

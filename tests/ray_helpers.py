@@ -169,3 +169,10 @@ class LocalCluster:
             node.kill()
         self.nodes = []
         shutil.rmtree(self.ray_dir, ignore_errors=True)
+        # `ray start --head` names this cluster in a machine-wide file; forget it if it is still ours
+        latest = Path(tempfile.gettempdir(), "ray", "ray_current_cluster")
+        try:
+            if latest.read_text().strip() == self.address:
+                latest.unlink()
+        except OSError:
+            pass

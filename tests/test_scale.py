@@ -369,7 +369,7 @@ def test_two_node_ray_cluster_survives_losing_its_worker(shapes: Path, encoder, 
         cluster.stop()
     report = json.loads(stdout[stdout.index("{") :])  # the driver may print the cluster's warnings first
     assert (report["shards"], report["items"], report["ok"], report["captions"]) == (12, 36, 36, 180)
-    assert "2 nodes" in report["runner"]
+    assert "2 nodes at 127.0.0.2, 127.0.0.3" in report["runner"]
     markers = [s.marker for s in finished_shards(out)]
     assert sum(m["finished_at"] > restarted for m in markers) >= 1  # the restarted worker did the rest
     rows = _rows(out)

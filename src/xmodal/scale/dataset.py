@@ -15,6 +15,8 @@ import importlib.util
 import json
 import logging
 import os
+import socket
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -191,8 +193,11 @@ def _run_on_ray(todo: list[ShardSpec], model: str, folder: Path, config: EmbedCo
         slots = resources.get("GPU", 0) / gpus if gpus else resources.get("CPU", 1) / options.cpus_per_worker
         workers = options.num_workers or max(1, int(slots))
         workers = min(workers, len(todo))
-        nodes = sum(1 for n in ray.nodes() if n["Alive"])
-        report.runner = f"Ray ({nodes} nodes, {workers} workers x {options.cpus_per_worker} CPU, {gpus:g} GPU)"
+        nodes = sorted({n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]})
+        report.runner = (
+            f"Ray ({len(nodes)} nodes at {', '.join(nodes)}; {workers} workers x {options.cpus_per_worker} CPU, "
+            f"{gpus:g} GPU)"
+        )
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
@@ -219,6 +224,12 @@ def _run_on_ray(todo: list[ShardSpec], model: str, folder: Path, config: EmbedCo
 
 def _connect(mode: str):
     """Join the cluster `mode` names (or start a local one); the ray module, initialised."""
+    if mode == "auto" and not _cluster_address_known():
+        mode = "local"
+    if mode == "local":
+        # A one-machine runtime stays on the loopback interface (Ray would use the machine's network
+        # address); Ray reads this when it is imported, and a local runtime needs no other node.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -242,6 +253,23 @@ def _connect(mode: str):
             raise InvalidArgumentError("--ray", mode, f"{RAY_MODES} ({exc})") from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray
+
+
+def _cluster_address_known() -> bool:
+    """Whether `ray.init(address="auto")` would find a cluster: RAY_ADDRESS, or the address file
+    `ray start --head` leaves on this machine, naming a head that accepts connections."""
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        try:
+            address = Path(tempfile.gettempdir(), "ray", "ray_current_cluster").read_text().strip()
+        except OSError:
+            return False
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class ShardActor:
