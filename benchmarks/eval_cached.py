@@ -136,7 +136,6 @@ def breakdown(model: Path, annotations: Path, cache_file: Path, out: Path) -> di
     from xmodal.eval.cache import EmbeddingCache
     from xmodal.eval.datasets import read_dataset
     from xmodal.eval.embedding import _item_keys
-    from xmodal.eval.plots import plot_recall_curves
     from xmodal.eval.retrieval import evaluate_retrieval
 
     times = {}
@@ -160,11 +159,7 @@ def breakdown(model: Path, annotations: Path, cache_file: Path, out: Path) -> di
         times["evaluate_retrieval (hash, cache lookup, rank both ways)"] = time.perf_counter() - start
     times["  of which ranking both directions"] = result.timings["ranking_s"]
     start = time.perf_counter()
-    out.mkdir(exist_ok=True)
-    report.write_csv([result], out / "r.csv")
-    report.write_json([result], out / "r.json")
-    report.write_ranks([result], out / "ranks.npz")
-    plot_recall_curves([result], out)
+    report.write_results([result], report.prepare_folder(out, overwrite=True))
     times["reports and plot"] = time.perf_counter() - start
     assert result.cached == {"items": N_TEST, "texts": N_TEST * PER_IMAGE}, result.cached
     return times

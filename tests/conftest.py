@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import make_chinese_clip_checkpoint, make_clip_checkpoint, make_siglip_checkpoint
 
@@ -77,3 +80,26 @@ def synth_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from xmodal.datasets import SynthConfig, generate_synth_shapes
 
     return generate_synth_shapes(tmp_path_factory.mktemp("synth_shapes"), SynthConfig(n=120, seed=5))
+
+
+@pytest.fixture(scope="session")
+def synth_karpathy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 random-noise images x 5 captions in Karpathy format, plus one missing and one broken image."""
+    root = tmp_path_factory.mktemp("synth")
+    (root / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(24):
+        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(root / "imgs" / f"{i:02d}.jpg")
+        sentences = [{"raw": f"picture {i} seen in way {k}"} for k in range(5)]
+        entries.append({"filepath": "imgs", "filename": f"{i:02d}.jpg", "split": "test", "sentences": sentences})
+    (root / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    entries.append(
+        {"filepath": "imgs", "filename": "broken.jpg", "split": "test", "sentences": [{"raw": "a broken picture"}]}
+    )
+    entries.append(
+        {"filepath": "imgs", "filename": "absent.jpg", "split": "test", "sentences": [{"raw": "an absent picture"}]}
+    )
+    entries.append({"filepath": "imgs", "filename": "00.jpg", "split": "train", "sentences": [{"raw": "train"}]})
+    (root / "dataset_synth.json").write_text(json.dumps({"dataset": "synth", "images": entries}))
+    return root / "dataset_synth.json"

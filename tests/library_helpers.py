@@ -100,8 +100,10 @@ def make_bad_corpus(root: Path) -> dict[str, str | None]:
     name = os.fsdecode(b"caf\xe9-latin1.jpg")  # not valid UTF-8
     (root / name).write_bytes(good)
     expected[name] = "ok"
-    (root / "notes.txt").write_text("not media")
-    expected["notes.txt"] = None
+    (root / "notes.txt").write_text("a text document")
+    expected["notes.txt"] = "ok"
+    (root / "junk.txt").write_bytes(bytes(range(256)) * 4)
+    expected["junk.txt"] = "binary data"
     (root / ".hidden.jpg").write_bytes(good)
     expected[".hidden.jpg"] = None
     (root / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
@@ -178,11 +180,32 @@ class PixelEmbedder:
         return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
 
     def embed_texts(self, texts, language=None) -> np.ndarray:
-        import hashlib
-
-        rows = []
-        for text in texts:
-            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-            row = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            rows.append(row / np.linalg.norm(row))
+        rows = [_seeded_row(text.encode(), self.dim) for text in texts]
         return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+
+    def text_windows(self, text: str, language=None, limit=None):
+        """Windows of 8 words overlapping by 2; a window's 'tokens' are its words' hashes."""
+        import hashlib
+        import re
+
+        from xmodal.models.tokenizer import TokenBatch
+
+        words = [m.span() for m in re.finditer(r"\S+", text)]
+        starts = list(range(0, max(1, len(words) - 2), 6))[:limit]
+        spans = [(words[i][0], words[min(i + 8, len(words)) - 1][1]) for i in starts] if words else [(0, 0)]
+        ids = np.zeros((len(spans), 8), dtype=np.int64)
+        for row, (a, b) in enumerate(spans):
+            ids[row, 0] = int.from_bytes(hashlib.blake2b(text[a:b].encode(), digest_size=7).digest(), "little")
+        return TokenBatch(ids, np.ones_like(ids), spans)
+
+    def embed_tokens(self, tokens) -> np.ndarray:
+        rows = [_seeded_row(row.tobytes(), self.dim) for row in tokens.ids]
+        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+
+
+def _seeded_row(data: bytes, dim: int) -> np.ndarray:
+    import hashlib
+
+    seed = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    row = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return row / np.linalg.norm(row)

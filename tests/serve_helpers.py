@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -10,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -118,3 +120,65 @@ def clip_vector(response: httpx.Response) -> np.ndarray:
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# -- a served library ------------------------------------------------------------------------
+SHIPPED = "xmodal-tiny-shapes"
+
+
+@dataclass
+class ShapesLibrary:
+    """A library of synth-shapes photos indexed with the shipped model, and what each photo shows."""
+
+    library: Any
+    photos: Path  # the folder indexed (the library's one root)
+    scenes: dict[str, list]  # photo path -> its shapes (xmodal.datasets.shapes.Shape)
+
+    def shows(self, path: str, color: str, kind: str) -> bool:
+        return any(s.color == color and s.kind == kind for s in self.scenes[path])
+
+
+def shapes_library(folder: Path, n: int = 48, seed: int = 3) -> ShapesLibrary:
+    """`n` photos from `xmodal datasets synth-shapes` (its Python API) under folder/photos, indexed into
+    folder/library with the shipped model."""
+    from xmodal.datasets import SynthConfig, generate_synth_shapes
+    from xmodal.datasets.shapes import annotated_scenes
+    from xmodal.eval import ReadOptions, read_dataset
+    from xmodal.library import Library
+
+    annotations = generate_synth_shapes(folder / "photos", SynthConfig(n=n, seed=seed))
+    dataset = read_dataset(f"karpathy:{annotations}", ReadOptions(split=None))
+    scenes = {os.path.realpath(p): s for p, s in zip(map(str, dataset.items), annotated_scenes(dataset), strict=True)}
+    library = Library(folder / "library")
+    library.index([folder / "photos" / "images"], model=SHIPPED)
+    return ShapesLibrary(library, Path(os.path.realpath(folder / "photos" / "images")), scenes)
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict]]:
+    """(event name, JSON data) of a text/event-stream response, as an EventSource reads them."""
+    name, data = "message", []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def write_video(path: Path, frames: int = 36, size: tuple[int, int] = (64, 48), rate: int = 12) -> Path:
+    """A small real H.264 MP4 (PyAV's libx264): frame i is a flat grey of level 6 * i."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(frames):
+            pixels = np.full((size[1], size[0], 3), 6 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

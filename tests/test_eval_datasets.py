@@ -172,8 +172,10 @@ def test_format_detection_and_specs(tmp_path):
     assert detect_format(EVAL / "cn-clip") == "cn-clip"
     assert detect_format(EVAL / "msvd") == "msvd"
     assert detect_format(EVAL / "generic" / "captions.csv") == "csv"
-    assert parse_dataset_spec("cn-clip:/data/MUGE") == ("cn-clip", Path("/data/MUGE"))
-    assert parse_dataset_spec("/data/x.jsonl") == (None, Path("/data/x.jsonl"))
+    assert parse_dataset_spec("cn-clip:/data/MUGE") == ("cn-clip", Path("/data/MUGE"), None)
+    assert parse_dataset_spec("/data/x.jsonl") == (None, Path("/data/x.jsonl"), None)
+    assert parse_dataset_spec("csv:captions.txt@images/") == ("csv", Path("captions.txt"), Path("images"))
+    assert parse_dataset_spec("/data/x@y.jsonl") == (None, Path("/data/x"), Path("y.jsonl"))  # no such path
     with pytest.raises(InvalidArgumentError, match="dataset format 'imagenet'"):
         parse_dataset_spec("imagenet:/data")
     (tmp_path / "notes.txt").write_text("hello\n")
@@ -228,17 +230,10 @@ def test_classification_folder_csv_and_names(tmp_path):
     for wnid in ("n01440764", "n99999999", "golden_retriever"):
         (tmp_path / wnid).mkdir()
         shutil.copy(IMAGES / "a.jpg", tmp_path / wnid / "x.jpg")
-    assert read_classification(tmp_path).classnames == ["golden retriever", "tench", "n99999999"]
+    assert read_classification(tmp_path).classnames == ["golden retriever", "tench", "n99999999"]  # own classes
     (tmp_path / "names.json").write_text(json.dumps(["only one"]))
     with pytest.raises(DatasetFormatError, match="1 names for 3 classes"):
         read_classification(tmp_path, classnames=tmp_path / "names.json")
-
-
-def test_shipped_imagenet_names_cover_only_the_known_250():
-    from xmodal.eval.datasets.classification import imagenet_classnames
-
-    names = imagenet_classnames()
-    assert len(names) == 250 and names["n01440764"] == "tench" and names["n01532829"] == "house finch"
 
 
 # -- real samples (shared/realdata) ----------------------------------------------------------
@@ -268,9 +263,9 @@ def test_real_flickr8k_kaggle_csv_with_quoted_commas():
 @needs_realdata
 def test_real_imagenet_labels_tsv():
     d = read_classification(REALDATA / "imagenet" / "labels.tsv")
-    assert len(d.items) == 250 and len(d.classnames) == 250 and d.missing == [] and d.problems == []
-    tench = d.classnames.index("tench")
-    assert d.items[int(np.flatnonzero(d.labels == tench)[0])].name == "n01440764_tench.JPEG"
+    assert len(d.items) == 250 and d.present == 250 and d.missing == [] and d.problems == []
+    assert len(d.classnames) == 1000 and d.class_set.key == "imagenet"  # classified over all 1,000
+    assert d.items[int(np.flatnonzero(d.labels == 0)[0])].name == "n01440764_tench.JPEG"
 
 
 @needs_realdata

@@ -38,10 +38,19 @@ def test_index_again_says_no_model_work(cli_library, clip_model_dir: Path):
 
 def test_search_json_and_table(cli_library):
     library, photos = cli_library
-    hits = json.loads(run("search", "a photo", "--library", library, "-k", "4", "--json", "--min-score", "-1"))["hits"]
+    search = ("search", "a photo", "--library", library, "-k", "4", "--json", "--min-score", "-1")
+    hits = json.loads(run(*search, "--type", "image"))["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
-    assert set(hits[0]) >= {"path", "score", "rank", "item_id", "type", "taken_at"}
-    assert hits[0]["type"] == "image" and Path(hits[0]["path"]).is_file()
+    assert set(hits[0]) >= {"path", "score", "rank", "item_id", "type", "taken_at", "snippet", "tags", "caption"}
+    assert {h["type"] for h in hits} == {"image"} and Path(hits[0]["path"]).is_file()
+    (doc,) = json.loads(run(*search, "--type", "text"))["hits"]  # the corpus has one readable document
+    assert doc["path"].endswith("notes.txt") and doc["snippet"] == "a text document"
+    assert doc["moments"][0] == {
+        "start": 0,
+        "end": 15,
+        "score": doc["moments"][0]["score"],
+        "snippet": "a text document",
+    }
     ref = sorted(photos.rglob("*.jpg"))[0]
     (best,) = json.loads(run("search", "--image", ref, "--library", library, "-k", "1", "--json"))["hits"]
     assert best["path"] == str(ref)
@@ -57,13 +66,13 @@ def test_status_json_and_errors(cli_library):
     status = json.loads(run("status", "--library", library, "--json"))
     assert set(status) >= {"items", "failed", "models", "index"}
     assert set(status["items"]) == {"image", "video", "text"} and status["items"]["image"] > 30
-    assert status["failed"] == 4 and status["pending"]["video"] == 1
+    assert status["failed"] == 5 and status["pending"]["video"] == 1 and status["items"]["text"] == 1
     assert status["models"][0]["dim"] == 32
     assert list(status["index"].values())[0]["up_to_date"] is True
     errors = run("status", "--library", library, "--errors")
     assert "zero.jpg: empty file (0 bytes)" in errors and "not a recognized image format" in errors
     as_json = json.loads(run("status", "--library", library, "--json", "--errors"))
-    assert len(as_json["errors"]) == 4
+    assert len(as_json["errors"]) == 5 and "junk.txt: binary data, not text" in errors
 
 
 def test_exit_codes(tmp_path: Path, clip_model_dir: Path):

@@ -158,7 +158,7 @@ def test_sigterm_commits_what_is_done_and_exits_143(tmp_path: Path, big_tree: Pa
     run = start_and_freeze(library, big_tree, "-m", SHIPPED)
     run.send_signal(signal.SIGTERM)
     run.send_signal(signal.SIGCONT)
-    assert run.wait(60) == 143
+    assert run.wait(60) == 143, run.stderr.read()
     kept = count_ok(library)
     assert 20 <= kept < 400
     with Library(library) as lib:

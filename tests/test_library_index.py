@@ -92,7 +92,8 @@ def test_bad_inputs_recorded_never_fatal_and_retried_only_when_changed(tmp_path:
         n_failed = sum(1 for o in expected.values() if o not in (None, "ok", "pending"))
         assert len(failed) == n_failed
         assert report.added == n_ok and report.pending == 1
-        assert lib.status()["items"]["image"] == n_ok and lib.status()["failed"] == n_failed
+        items = lib.status()["items"]
+        assert (items["image"], items["text"]) == (n_ok - 1, 1) and lib.status()["failed"] == n_failed
         rotated = rows["rotated.jpg"]
         assert (rotated.width, rotated.height) == (20, 40) and rotated.taken_at_source == "exif"
         assert display_path([p for p in lib.catalog.items_under([str(corpus)]) if "caf" in p][0]).endswith(

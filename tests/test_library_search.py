@@ -15,7 +15,7 @@ from library_helpers import make_photo_tree, photo, with_exif_date
 from xmodal.errors import InvalidArgumentError
 from xmodal.library import Library
 from xmodal.models import l2_normalize
-from xmodal.search import QueryTerm, decay_factors, default_min_score, parse_query
+from xmodal.search import QueryTerm, decay_factors, floors_for, pair_floor, parse_query, query_modality
 from xmodal.store.catalog import Catalog
 from xmodal.store.ingest import ingest
 
@@ -61,6 +61,12 @@ def test_parse_query_terms(tmp_path: Path):
     assert parse_query("sea-side cafe") == [QueryTerm("text", "sea-side cafe", 1.0)]
     with pytest.raises(InvalidArgumentError, match="existing image file"):
         parse_query("./missing.jpg")
+    # Queries from the network never name files: the same terms are text (and #ID items).
+    assert parse_query(f"{ref} - ./missing.jpg + #17", path_terms=False) == [
+        QueryTerm("text", str(ref), 1.0),
+        QueryTerm("text", "./missing.jpg", -1.0),
+        QueryTerm("item", "17", 1.0),
+    ]
 
 
 def test_text_query_matches_brute_force(indexed):
@@ -94,6 +100,11 @@ def test_image_and_item_queries_find_the_item_itself(indexed):
     by_item = lib.search(item=by_image[0].item_id, k=3)
     assert by_item[0].item_id == by_image[0].item_id and by_item[0].score == pytest.approx(1.0, abs=1e-5)
     assert lib.search(text=f"#{by_image[0].item_id}", k=1)[0].item_id == by_image[0].item_id
+    # The image's encoded bytes (an upload) search exactly as its file does.
+    by_bytes = lib.search(image=ref.read_bytes(), k=3)
+    assert [(h.item_id, h.score) for h in by_bytes] == [(h.item_id, h.score) for h in by_image]
+    as_text = lib.search(text=str(ref), k=3, path_terms=False, min_score=-1)
+    assert as_text[0].score < 0.999  # the path was embedded as words, not opened
 
 
 def test_filters_restrict_the_search(indexed):
@@ -129,9 +140,17 @@ def test_score_floor_gives_no_good_match(indexed):
     some = lib.search(text="a dog", k=5, min_score=results.best_score - 1e-6)
     assert len(some) == 1 and not some.no_good_match
     text = [QueryTerm("text", "a dog")]
-    assert default_min_score("clip", text) == 0.20 and default_min_score("siglip", text) == 0.07
-    assert default_min_score("clip", [QueryTerm("image", "x.jpg")]) is None
-    assert default_min_score("xmodal", text) is None
+    assert query_modality(text) == "text" and query_modality([QueryTerm("image", "x.jpg")]) == "image"
+    assert query_modality([QueryTerm("item", "7")], {7: "text"}) == "text"
+    assert (
+        pair_floor("ViT-B-32", "clip", "text", "image") == 0.20 and pair_floor("x", "siglip", "text", "video") == 0.07
+    )
+    assert pair_floor("ViT-B-32", "clip", "image", "text") == 0.20  # the same cosine, either way
+    assert pair_floor("ViT-B-32", "clip", "image", "image") is None and pair_floor("x", "clip", "text", "text") is None
+    assert pair_floor("my-model", "xmodal", "text", "image") is None
+    assert pair_floor("xmodal-tiny-shapes", "xmodal", "text", "text") == 0.68
+    assert floors_for("x", "clip", "text", 0.3) == {"image": 0.3, "video": 0.3, "text": 0.3}
+    assert floors_for("x", "clip", "text", {"text": 0.6}) == {"image": 0.2, "video": 0.2, "text": 0.6}
 
 
 def test_exact_and_faiss_flat_identical_and_ann_tuned(tmp_path: Path, clip_model_dir: Path):

@@ -29,7 +29,9 @@ def test_media_types_by_extension():
     assert media_type("a/B.JPG") == "image"
     assert media_type("x.tiff") == "image" and media_type("x.webp") == "image" and media_type("x.gif") == "image"
     assert media_type("clip.MOV") == "video" and media_type("clip.mkv") == "video"
-    assert media_type("notes.txt") is None and media_type("noext") is None
+    assert media_type("notes.txt") == "text" and media_type("a.MD") == "text" and media_type("x.caption") == "text"
+    assert media_type("notes.txt", text=frozenset()) is None and media_type("noext") is None
+    assert media_type("notes.org") is None and media_type("notes.org", text=frozenset({".org"})) == "text"
 
 
 def test_walk_finds_media_skips_hidden_and_excluded(tmp_path: Path):
@@ -41,9 +43,18 @@ def test_walk_finds_media_skips_hidden_and_excluded(tmp_path: Path):
     _touch(tmp_path / ".cache" / "c.jpg")
     _touch(tmp_path / "thumbs" / "t.jpg")
     found = _names(walk_media([tmp_path], WalkOptions(exclude=("thumbs",))), tmp_path)
-    assert found == {"a.jpg": "image", "sub/deeper/b.PNG": "image", "sub/v.mp4": "video"}
+    assert found == {"a.jpg": "image", "sub/deeper/b.PNG": "image", "sub/v.mp4": "video", "sub/readme.txt": "text"}
     with_hidden = _names(walk_media([tmp_path], WalkOptions(include_hidden=True, exclude=("*/thumbs/*",))), tmp_path)
-    assert set(with_hidden) == {"a.jpg", "sub/deeper/b.PNG", "sub/v.mp4", ".hidden.jpg", ".cache/c.jpg"}
+    assert set(with_hidden) == {
+        "a.jpg",
+        "sub/deeper/b.PNG",
+        "sub/v.mp4",
+        "sub/readme.txt",
+        ".hidden.jpg",
+        ".cache/c.jpg",
+    }
+    no_text = _names(walk_media([tmp_path], WalkOptions(exclude=("thumbs",), text_extensions=frozenset())), tmp_path)
+    assert "sub/readme.txt" not in no_text and len(no_text) == 3
 
 
 def test_walk_stat_and_single_file_roots(tmp_path: Path):

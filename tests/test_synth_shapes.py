@@ -12,7 +12,7 @@ from xmodal.datasets import ANNOTATIONS, SynthConfig, generate_synth_shapes
 from xmodal.datasets.shapes import TERSE_POSITIONS
 from xmodal.errors import InvalidArgumentError
 from xmodal.eval import ReadOptions, read_dataset
-from xmodal.media.video import sample_frames
+from xmodal.media.video import FramePolicy, open_video
 
 
 def _files(folder):
@@ -50,7 +50,7 @@ def test_videos_decode_and_are_listed_with_motion_captions(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "videos.jsonl").read_text().splitlines()]
     assert len(records) == 3
     for record in records:
-        frames = sample_frames(tmp_path / record["path"], 4)
+        frames = [f.image for f in open_video(tmp_path / record["path"]).frames(FramePolicy.uniform(4))]
         assert len(frames) == 4 and frames[0].size == (128, 128)
         first, last = (np.asarray(f, dtype=np.float32) for f in (frames[0], frames[-1]))
         assert np.abs(first - last).mean() > 1  # the shape moved or changed size
@@ -60,6 +60,25 @@ def test_videos_decode_and_are_listed_with_motion_captions(tmp_path):
         )
     videos = read_dataset(f"jsonl:{tmp_path / 'videos.jsonl'}", ReadOptions(split=None))
     assert videos.kind == "video" and len(videos.items) == 3
+
+
+def test_every_fourth_video_cuts_to_another_scene_halfway(tmp_path):
+    generate_synth_shapes(tmp_path, SynthConfig(n=1, seed=2, videos=8))
+    records = [json.loads(line) for line in (tmp_path / "videos.jsonl").read_text().splitlines()]
+    assert [len(r["scenes"]) for r in records] == [1, 1, 1, 2, 1, 1, 1, 2]
+    for record in (records[3], records[7]):
+        first, second = record["scenes"]
+        assert (first["start"], first["end"], second["start"], second["end"]) == (0.0, 2.0, 2.0, 4.0)
+        assert first["color"] != second["color"] and first["shape"] != second["shape"]
+        assert record["captions"][0] == f"{first['captions'][0]}, then {second['captions'][0]}"
+        video = open_video(tmp_path / record["path"])
+        assert video.info.duration_s == pytest.approx(4.0)
+        frames = list(video.frames(FramePolicy(fps=12, exact=True)))
+        jumps = [
+            np.abs(np.asarray(a.image, np.float32) - np.asarray(b.image, np.float32)).mean()
+            for a, b in zip(frames, frames[1:], strict=False)
+        ]
+        assert int(np.argmax(jumps)) == 23 and frames[24].timestamp_s == pytest.approx(2.0)  # the cut: frame 24
 
 
 def test_bad_arguments_are_named(tmp_path):

@@ -2,4 +2,4 @@
 
 from xmodal.cli import main
 
-main()
+raise SystemExit(main())

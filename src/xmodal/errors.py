@@ -46,6 +46,10 @@ class MediaError(XmodalError):
         self.item = item
         self.reason = reason
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from (item, reason), so the error survives a trip to another process (pickle).
+        return (type(self), (self.item, self.reason))
+
 
 class ImageTooLargeError(MediaError):
     """An image declares more pixels than the configured limit (decompression-bomb guard)."""
@@ -106,3 +110,7 @@ class IndexCorruptError(IndexFileError):
 
 class StaleIndexError(IndexFileError):
     """The index file is intact but holds other item ids than the catalog."""
+
+
+class MeasurementError(XmodalError):
+    """A cost measurement could not be taken (e.g. the fresh process measuring a model failed)."""

@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -32,36 +32,42 @@ from pathlib import Path
 import numpy as np
 
 from xmodal import settings
+from xmodal.captions import Candidate, LibrarySample, library_sample, scored_candidates
 from xmodal.errors import InvalidArgumentError, LibraryError, LibraryNotFoundError, ModelNotFoundError
+from xmodal.media.formats import TEXT_EXTENSIONS
+from xmodal.media.formats import text_extensions as text_extensions_of
 from xmodal.media.walk import WalkOptions
 from xmodal.models import load_model
 from xmodal.models.embedder import Embedder, same_model
 from xmodal.progress import Progress
 from xmodal.search import (
+    DEFAULT_COMBINE,
+    CaptionCombine,
     Hit,
-    Moment,
+    MinScore,
     QueryTerm,
     SearchResults,
     candidates_for,
     check_k,
     decay_factors,
-    default_min_score,
+    floors_for,
     parse_date,
     parse_query,
+    query_modality,
     query_vector,
 )
 from xmodal.store.catalog import (
     ITEM_TYPES,
     Catalog,
     CatalogNeedsMigration,
-    ItemRecord,
     ModelRecord,
-    entry_items,
 )
 from xmodal.store.indexes import IndexCache
 from xmodal.store.ingest import EmbedConfig, IndexReport, ingest
 from xmodal.store.lock import LOCK_FILE, WriterLock, describe_holder
 from xmodal.store.vector_index import TuneReport, tune_index
+from xmodal.tags.run import TagReport
+from xmodal.tags.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,7 @@ class Library:
         self._readers: list[Catalog] = []
         self._guard = threading.Lock()
         self._encoders: dict[str, Embedder] = {}
+        self._samples: dict[tuple[str, int], LibrarySample] = {}
 
     def __enter__(self) -> Library:
         return self
@@ -165,6 +172,7 @@ class Library:
         exclude: Sequence[str] = (),
         follow_symlinks: bool = False,
         include_hidden: bool = False,
+        text_extensions: Iterable[str] | None = None,
         index_spec: str | None = None,
         config: EmbedConfig | None = None,
         progress: Progress | None = None,
@@ -175,13 +183,17 @@ class Library:
         before) for `model` (default: the model this library was last indexed with), then bring that
         model's vector index up to date. Creates the library when it does not exist yet.
 
+        text_extensions: the extensions of text documents to index (default .txt, .md, .caption);
+        empty: no text at all (no documents, captions or descriptions embedded in photos).
         index_spec: "auto" (exact below a size threshold, ANN above), "exact", or a Faiss factory
         string ("HNSW32", "IVF1024,Flat", "IVF1024,PQ32"); remembered per model. Another process
         indexing the library raises LibraryBusyError, or is waited for with `wait=True`.
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        walk = WalkOptions(tuple(exclude), follow_symlinks, include_hidden)
+        text = TEXT_EXTENSIONS if text_extensions is None else text_extensions_of(text_extensions)
+        walk = WalkOptions(tuple(exclude), follow_symlinks, include_hidden, text)
+        config = replace(config or EmbedConfig(), descriptions=bool(text))
         if dry_run:  # only reads: no lock, nothing registered
             catalog = self.catalog
             encoder = self._embedder_for_index(catalog, model, precision)
@@ -284,11 +296,88 @@ class Library:
                             catalog.forget_root(root.path)
             return {"items": removed, "embeddings": catalog.prune_embeddings()}
 
+    def tag(
+        self,
+        vocabulary: Vocabulary | str | os.PathLike | None = None,
+        model: ModelChoice = None,
+        *,
+        templates: str | os.PathLike | None = None,
+        extend: bool = False,
+        threshold: str | float | None = None,
+        confidence: float | None = None,
+        recalibrate: bool = False,
+        batch_size: int = 500,
+        cache: object | None = None,
+        progress: Progress | None = None,
+        wait: bool = False,
+    ) -> TagReport:
+        """Zero-shot tag the photos and videos of the library with `model` (default: the last
+        indexed): labels of `vocabulary` (a Vocabulary, a file, default the built-in one; `extend`
+        adds the file's to the built-in ones), prompted
+        with their templates (or `templates`: imagenet, simple, a file), kept where they pass the
+        thresholds (threshold "auto": calibrated on this library to `confidence`; "off": the top
+        label of each group; a number: that cosine). Only new contents are tagged unless the
+        model, vocabulary or thresholds changed; `batch_size` photos are committed at a time.
+        `cache` (an eval EmbeddingCache) keeps prompt embeddings between runs."""
+        from xmodal.tags import TagSettings, load_vocabulary, prompt_vectors, tag_library
+
+        settings = TagSettings.parse(threshold, confidence)
+        if not isinstance(vocabulary, Vocabulary):
+            vocabulary = load_vocabulary(vocabulary, templates, extend=extend)
+        with self._writing(wait=wait) as catalog:
+            record = self._model_record(catalog, model)
+            encoder = self._encoder_of(record, model)
+            if progress is not None:
+                progress.start("embedding the vocabulary", None)
+            vectors = prompt_vectors(encoder, vocabulary, cache=cache)
+            report = tag_library(
+                catalog,
+                encoder,
+                vocabulary,
+                settings,
+                recalibrate=recalibrate,
+                label_vectors=vectors,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        log.info("tagged %s: %s", self.folder, report.summary())
+        return report
+
+    def tags(self) -> dict:
+        """The tags in force: which model and vocabulary gave them, how many items carry each label
+        (most frequent first), and how many photos are tagged or still waiting."""
+        catalog = self.catalog
+        with catalog.read():
+            run = catalog.tags.current_run()
+            if run is None:
+                return {"run": None, "counts": [], "tagged": 0, "untagged": 0}
+            tagged, untagged = catalog.tags.coverage()
+            labels = run.thresholds.get("labels", {})
+            return {
+                "run": {
+                    "id": run.id,
+                    "model": catalog.model(run.model_key).name
+                    if _known_model(catalog, run.model_key)
+                    else run.model_key,
+                    "model_key": run.model_key,
+                    "vocabulary": run.vocabulary.get("source"),
+                    "labels": sum(len(g["labels"]) for g in run.vocabulary.get("groups", [])),
+                    "labels_used": sum(1 for t in labels.values() if t.get("cosine") is not None),
+                    "threshold": run.thresholds.get("settings"),
+                    "calibrated_on": run.calibrated_on,
+                    "started_at": _iso(run.started_at),
+                    "finished_at": _iso(run.finished_at),
+                },
+                "counts": [{"label": label, "items": n} for label, n in catalog.tags.counts()],
+                "tagged": tagged,
+                "untagged": untagged,
+            }
+
     # -- searching --------------------------------------------------------------------------
     def search(
         self,
         text: str | None = None,
-        image: str | os.PathLike | None = None,
+        image: str | os.PathLike | bytes | None = None,
         k: int = 10,
         type: str | Sequence[str] | None = None,
         after: str | datetime | None = None,
@@ -296,20 +385,31 @@ class Library:
         *,
         item: int | None = None,
         path_glob: str | None = None,
-        min_score: float | None = None,
+        tags: Sequence[str] = (),
+        min_score: MinScore = None,
         decay_days: float | None = None,
         model: ModelChoice = None,
         language: str | None = None,
         moments: int = 1,
+        path_terms: bool = True,
+        combine: str | float | CaptionCombine = DEFAULT_COMBINE,
     ) -> SearchResults:
         """Rank indexed items against a query. `text` may combine terms (``"beach + ./ref.jpg -
-        people"``, ``"2:sunset"``); `image` and `item` add an example image file or indexed item.
-        Filters (type — one or several —, taken-at range, path glob) restrict the index search
-        itself. Each hit carries up to `moments` best-matching parts (video moments, text windows)."""
+        people"``, ``"2:sunset"``); `image` (a file, or an encoded image's bytes) and `item` add an
+        example image or indexed item. Filters (type — one or several of image, video, text —,
+        taken-at range, path glob, tags the items must all carry) restrict the index search itself.
+        Photos are also found through their captions (caption files, embedded descriptions), their
+        scores combined as `combine` says (a caption weight 0-1, default 0.5, or "max"). `min_score` overrides
+        the per-modality floors (one number, or {"text": 0.6, ...}). Each hit carries up to
+        `moments` best-matching parts (video moments, text windows with their words).
+        `path_terms=False` never reads a text term as an image file (for queries from the network)."""
         k = check_k(k)
         types = _check_types(type)
-        terms = parse_query(text) if text else []
-        if image is not None:
+        combine = CaptionCombine.parse(combine)
+        terms = parse_query(text, path_terms) if text else []
+        if isinstance(image, bytes):
+            terms.append(QueryTerm("image", image))
+        elif image is not None:
             terms.append(QueryTerm("image", str(Path(image).expanduser())))
         if item is not None:
             terms.append(QueryTerm("item", str(item)))
@@ -317,84 +417,82 @@ class Library:
         record = self._model_record(catalog, model)
         encoder = self._encoder_of(record, model)
         vector = query_vector(terms, encoder, lambda i: self._item_vector(catalog, record.key, i), language)
-        floor = min_score if min_score is not None else default_min_score(record.family, terms)
+        examples = catalog.items_by_id(int(t.value) for t in terms if t.kind == "item")
+        modality = query_modality(terms, {i: r.type or "" for i, r in examples.items()})
+        floors = floors_for(record.name, record.family, modality, min_score)
         snapshot = self._indexes.snapshot(catalog, record)  # before the read below: never newer than it
         with catalog.read():
-            allowed = self._allowed(catalog, record.key, types, after, before, path_glob)
+            allowed = self._allowed(catalog, record.key, types, after, before, path_glob, tags)
             if len(snapshot) == 0 or (allowed is not None and len(allowed) == 0):
-                return SearchResults([], floor, None, record.name)
+                return SearchResults([], floors.get("image"), None, record.name, floors)
+            sample = self._sample(catalog, record.key)
+            searched = allowed
+            if allowed is not None and (types is None or "image" in types):  # photos are found by their captions too
+                searched = np.union1d(allowed, sample.caption_file_ids)
+            visible = None if allowed is None else set(allowed.tolist())
             wanted = candidates_for(k, decay_days is not None)
             fetch = min(len(snapshot), wanted)
             while True:
-                scores, entries = snapshot.search(vector, fetch, allowed)
-                found, first = np.unique(entry_items(entries), return_index=True)
-                if len(found) >= wanted or len(entries) < fetch or fetch >= len(snapshot):
+                _, entries = snapshot.search(vector, fetch, searched)
+                candidates = scored_candidates(catalog, record.key, vector, entries, visible, combine, moments, sample)
+                if len(candidates) >= wanted or len(entries) < fetch or fetch >= len(snapshot):
                     break
                 fetch = min(len(snapshot), 4 * fetch)  # videos and texts have several entries each
-            best = np.sort(first)  # each item once, at its best-scoring entry
-            return self._results(catalog, record, vector, scores[best], entries[best], k, floor, decay_days, moments)
+            return self._results(catalog, record, candidates, k, floors, decay_days)
+
+    def _sample(self, catalog: Catalog, model_key: str) -> LibrarySample:
+        """The library's photo/caption sample at the catalog's revision (kept until it changes)."""
+        key = (model_key, catalog.revision())
+        with self._guard:
+            found = self._samples.get(key)
+        if found is None:
+            found = library_sample(catalog, model_key)
+            with self._guard:
+                self._samples = {k: v for k, v in self._samples.items() if k[0] != model_key} | {key: found}
+        return found
 
     def _results(
         self,
         catalog: Catalog,
         record: ModelRecord,
-        query: np.ndarray,
-        scores: np.ndarray,
-        entries: np.ndarray,
+        candidates: list[Candidate],
         k: int,
-        floor: float | None,
+        floors: dict[str, float | None],
         decay_days: float | None,
-        moments: int,
     ) -> SearchResults:
-        ids = entry_items(entries)
-        rows = catalog.items_by_id(ids.tolist())
-        keep = np.asarray([int(i) in rows for i in ids], dtype=bool)  # rows deleted since are dropped
-        similarity, ids = scores[keep].astype(np.float64), ids[keep]
+        similarity = np.asarray([c.similarity for c in candidates], dtype=np.float64)
         ranked = similarity.copy()
         if decay_days is not None:
-            taken = np.asarray([rows[i].taken_at if rows[i].taken_at is not None else np.nan for i in ids])
+            taken = np.asarray([c.row.taken_at if c.row.taken_at is not None else np.nan for c in candidates])
             ranked = similarity * decay_factors(taken, decay_days, time.time())
         order = np.argsort(-ranked, kind="stable")
-        best = float(similarity.max()) if len(similarity) else None
+        best = int(np.argmax(similarity)) if len(similarity) else None
+        best_floor = floors.get(candidates[best].row.type or "") if best is not None else floors.get("image")
         offline = tuple(root.path for root in catalog.roots() if root.state == "offline")
+        chosen = [int(n) for n in order if candidates[n].floor_margin(floors) >= 0][:k]
+        tags = catalog.tags.of(candidates[n].row.content_hash for n in chosen if candidates[n].row.content_hash)
         hits = []
-        for n in order:
-            if floor is not None and similarity[n] < floor:
-                continue
-            row = rows[int(ids[n])]
-            taken = datetime.fromtimestamp(row.taken_at) if row.taken_at is not None else None
-            parts = self._moments(catalog, record, row, query, moments)
-            under_offline = any(row.path.startswith(root.rstrip(os.sep) + os.sep) for root in offline)
+        for rank, n in enumerate(chosen, start=1):
+            candidate = candidates[n]
+            row = candidate.row
             hits.append(
                 Hit(
-                    len(hits) + 1,
+                    rank,
                     row.id,
                     row.path,
                     row.type,
                     float(ranked[n]),
                     float(similarity[n]),
-                    taken,
-                    parts,
-                    under_offline,
+                    datetime.fromtimestamp(row.taken_at) if row.taken_at is not None else None,
+                    candidate.parts,
+                    any(row.path.startswith(root.rstrip(os.sep) + os.sep) for root in offline),
+                    candidate.pixel_score if candidate.caption is not None else None,
+                    candidate.caption,
+                    tuple(t.label for t in tags.get(row.content_hash or "", [])),
                 )
             )
-            if len(hits) == k:
-                break
-        return SearchResults(hits, floor, best, record.name)
-
-    @staticmethod
-    def _moments(
-        catalog: Catalog, record: ModelRecord, row: ItemRecord, query: np.ndarray, n: int
-    ) -> tuple[Moment, ...]:
-        """The item's `n` best segments for the query, scored exactly (videos and texts)."""
-        if n < 1 or row.type == "image" or not row.content_hash:
-            return ()
-        segments = catalog.segments(record.key, row.content_hash)
-        if not segments:
-            return ()
-        scores = np.stack([s.vector for s in segments]) @ np.asarray(query, dtype=np.float32)
-        top = np.argsort(-scores, kind="stable")[:n]
-        return tuple(Moment(segments[i].start, segments[i].end, float(scores[i])) for i in top)
+        best_score = float(similarity[best]) if best is not None else None
+        return SearchResults(hits, best_floor, best_score, record.name, floors)
 
     def _allowed(
         self,
@@ -404,12 +502,14 @@ class Library:
         after: str | datetime | None,
         before: str | datetime | None,
         path_glob: str | None,
+        tags: Sequence[str] = (),
     ) -> np.ndarray | None:
         """Sorted ids of the items the filters let through (None: no filter)."""
         after, before = parse_date(after, "--after"), parse_date(before, "--before")
-        if types is None and after is None and before is None and path_glob is None:
+        if types is None and after is None and before is None and path_glob is None and not tags:
             return None
-        ids = catalog.filtered_ids(type=types, after=after, before=before, model_key=model_key)
+        tags = _check_tags(catalog, tags)
+        ids = catalog.filtered_ids(type=types, after=after, before=before, model_key=model_key, tags=tags)
         if path_glob is not None:
             pattern = re.compile(fnmatch.translate(os.path.expanduser(path_glob)))
             rows = catalog.items_by_id(ids.tolist())
@@ -477,7 +577,28 @@ class Library:
                     "version": catalog.version(),
                 },
                 "writer": self.writer(),
+                "tags": self._tag_status(catalog),
             }
+
+    @staticmethod
+    def _tag_status(catalog: Catalog) -> dict | None:
+        """The tags in force in a few numbers (None before the first `tag`)."""
+        run = catalog.tags.current_run()
+        if run is None:
+            return None
+        counts = catalog.tags.counts()
+        tagged, untagged = catalog.tags.coverage()
+        return {
+            "model_key": run.model_key,
+            "vocabulary": run.vocabulary.get("source"),
+            "threshold": run.thresholds.get("settings"),
+            "labels_given": len(counts),
+            "tags": sum(n for _, n in counts),
+            "tagged": tagged,
+            "untagged": untagged,
+            "finished": run.finished_at is not None,
+            "top": [{"label": label, "items": n} for label, n in counts[:10]],
+        }
 
     def writer(self) -> str | None:
         """Who holds the library's writer lock ('PID 123 (xmodal index ...) since ...'), or None."""
@@ -594,6 +715,21 @@ def _check_types(type: str | Sequence[str] | None) -> tuple[str, ...] | None:
         if t not in ITEM_TYPES:
             raise InvalidArgumentError("--type", t, ITEM_TYPES)
     return types or None
+
+
+def _known_model(catalog: Catalog, key: str) -> bool:
+    return any(m.key == key for m in catalog.models())
+
+
+def _check_tags(catalog: Catalog, tags: Sequence[str]) -> list[str]:
+    """The tags asked for; one the library's tagging cannot give is an error naming it."""
+    tags = [t.strip() for t in tags if t.strip()]
+    unknown = sorted(set(tags) - catalog.tags.known(tags))
+    if unknown:
+        run = catalog.tags.current_run()
+        hint = "the library has no tags yet (xmodal tag)" if run is None else "a label of the tag vocabulary"
+        raise InvalidArgumentError("--tag", unknown[0], hint + "; see xmodal tags list")
+    return tags
 
 
 def _iso(ts: float | None) -> str | None:

@@ -10,7 +10,8 @@ value is an error naming the variable (or flag) and what it accepts, never silen
     XMODAL_OFFLINE          never touch the network (HF_HUB_OFFLINE=1 does the same)
     XMODAL_MAX_IMAGE_BYTES  larger image files are recorded as failed, not read (default 256M)
     XMODAL_MAX_VIDEO_BYTES  the same for videos (default 64G)
-    XMODAL_MAX_TEXT_BYTES   the same for text documents (default 16M)
+    XMODAL_MAX_TEXT_BYTES   text documents: only their first bytes up to this are read (default 16M)
+    XMODAL_MAX_TEXT_WINDOWS a document's model windows embedded at most; the rest is not (default 1024)
     XMODAL_HOST / XMODAL_PORT / XMODAL_API_KEY   what `xmodal serve` binds to and the key it asks for
     XMODAL_MODEL_TTL        seconds an unused model stays loaded in `xmodal serve` (default 300; 0 = forever)
     XMODAL_SERVE_THREADS    inference threads of `xmodal serve` (default: one per CPU)
@@ -20,6 +21,7 @@ value is an error naming the variable (or flag) and what it accepts, never silen
     XMODAL_REQUEST_TIMEOUT  seconds a request may compute before it gets 504 (default 60; 0 = no limit)
     XMODAL_CORS_ORIGINS     origins allowed to call the HTTP API from a browser (default none: CORS off)
     XMODAL_TRUSTED_NETWORKS client networks that need no API key, e.g. 172.16.0.0/12 (default none)
+    XMODAL_RKNN_TOOLKIT_PYTHON  a Python that has rknn-toolkit2 (default: xmodal makes one in the cache)
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class Settings:
     max_image_bytes: int = _setting("XMODAL_MAX_IMAGE_BYTES", parse_size, 256 << 20)
     max_video_bytes: int = _setting("XMODAL_MAX_VIDEO_BYTES", parse_size, 64 << 30)
     max_text_bytes: int = _setting("XMODAL_MAX_TEXT_BYTES", parse_size, 16 << 20)
+    max_text_windows: int = _setting("XMODAL_MAX_TEXT_WINDOWS", parse_positive_int, 1024)
     host: str = _setting("XMODAL_HOST", _text, "127.0.0.1", "--host")
     port: int = _setting("XMODAL_PORT", parse_port, 8000, "--port")
     api_key: str | None = _setting("XMODAL_API_KEY", _text, None, "--api-key")
@@ -156,6 +159,7 @@ class Settings:
     request_timeout: float = _setting("XMODAL_REQUEST_TIMEOUT", parse_seconds, 60.0, "--request-timeout")
     cors_origins: tuple[str, ...] = _setting("XMODAL_CORS_ORIGINS", parse_list, (), "--cors-origin")
     trusted_networks: tuple[str, ...] = _setting("XMODAL_TRUSTED_NETWORKS", parse_networks, (), "--trusted-network")
+    rknn_toolkit_python: Path | None = _setting("XMODAL_RKNN_TOOLKIT_PYTHON", parse_path, None, "--toolkit-python")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -175,7 +179,7 @@ class Settings:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "trusted_networks", _networks(self.trusted_networks, self._label("trusted_networks")))
         _origins(self.cors_origins, self._label("cors_origins"))
-        for name in ("threads", "serve_threads", "max_query_chars"):
+        for name in ("threads", "serve_threads", "max_query_chars", "max_text_windows"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InvalidArgumentError(self._label(name), value, "a positive whole number")

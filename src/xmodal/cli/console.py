@@ -1,12 +1,21 @@
-"""Console helpers shared by the CLI commands: one Rich console and progress bars."""
+"""Console helpers shared by the CLI commands: one Rich console, one message style, flags, and
+progress bars.
+
+Every message goes out as one line that the terminal may wrap but that is never broken by xmodal
+(soft wrap), so a command inside a message stays copy-pastable; errors read `error: ...` (naming
+the option when one is at fault: `error: --out: ...`), warnings `warning: ...`.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -29,8 +38,25 @@ err_console = Console(stderr=True)
 
 
 def say(text: str, *, err: bool = False) -> None:
-    """Print a plain line (no markup, never wrapped: a command in it stays copy-pastable)."""
+    """Plain text to stdout (or stderr): tables, paths and commands stay copy-pasteable (no markup,
+    no wrapping)."""
     (err_console if err else console).print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def error(message: str, option: str | None = None) -> None:
+    """`error: [--option: ]message` on stderr."""
+    where = f"{option}: " if option else ""
+    err_console.print(f"[bold red]error:[/] {escape(where + message)}", highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """`warning: message` on stderr."""
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def flag(help: str, *names: str, **kwargs: Any) -> Any:
+    """A boolean option that is off unless given (`--quiet`), shown in --help as a plain flag."""
+    return typer.Option(False, *names, help=help, metavar="", show_default=False, **kwargs)
 
 
 class ItemsPerSecondColumn(ProgressColumn):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import console, progress_bar
+from xmodal.cli.console import console, flag, progress_bar
 from xmodal.datasets import SynthConfig, generate_synth_shapes
 
 app = typer.Typer(help="Generate datasets with known answers (for tests, demos and training).", no_args_is_help=True)
@@ -17,9 +17,13 @@ def synth_shapes(
     out: Path = typer.Option(..., "--out", help="Folder to write images/, dataset_synth_shapes.json (and videos/)."),
     n: int = typer.Option(1000, "--n", help="Number of images (split 80/10/10 into train/val/test)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
-    videos: int = typer.Option(0, "--videos", help="Also write this many short H.264 videos (videos.jsonl)."),
+    videos: int = typer.Option(
+        0,
+        "--videos",
+        help="Also write this many short H.264 videos (videos.jsonl); every fourth has a scene cut halfway.",
+    ),
     image_size: int = typer.Option(128, "--image-size", help="Side of the square images in pixels."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = flag("No progress bar.", "--quiet", "-q"),
 ) -> None:
     """Captioned images of coloured shapes ("a small red circle at the top left"), Karpathy split JSON."""
     config = SynthConfig(n=n, seed=seed, videos=videos, image_size=image_size)

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import progress_bar, say
+from xmodal.cli.console import flag, progress_bar, say
 
 
 def demo(
     out: Path = typer.Option(Path("xmodal-demo"), "--out", help="Folder for the generated photos and the library."),
     n: int = typer.Option(200, "--n", min=10, help="Number of photos to generate."),
     k: int = typer.Option(3, "-k", min=1, help="Results per search."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = flag("No progress bars.", "--quiet", "-q"),
 ) -> None:
     """Offline tour in under a minute: photos of coloured shapes, indexed with the shipped model
     xmodal-tiny-shapes and searched by text; the photos' annotations say which hits are right."""

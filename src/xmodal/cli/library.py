@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import err_console, progress_bar, say
+from xmodal.cli.console import flag, progress_bar, say
 
 LIBRARY_HELP = "Library folder (default: $XMODAL_LIBRARY, else the user data folder)."
 PRECISIONS_HELP = "fp32 (default), int8 (ONNX Runtime) or bf16 (OpenVINO)."
@@ -42,8 +42,12 @@ def index(
     model: str = typer.Option(None, "--model", "-m", help="Model name or folder (default: the library's last one)."),
     precision: str = typer.Option("fp32", help=PRECISIONS_HELP),
     exclude: list[str] = typer.Option([], "--exclude", help="Glob of paths or names to skip (repeatable)."),
-    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Follow symbolic links (loop-safe)."),
-    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and folders."),
+    follow_symlinks: bool = flag("Follow symbolic links (loop-safe).", "--follow-symlinks"),
+    hidden: bool = flag("Include hidden files and folders.", "--hidden"),
+    text_ext: list[str] = typer.Option(
+        [], "--text-ext", help="Extension of text documents to index (repeatable; default .txt, .md, .caption)."
+    ),
+    no_text: bool = flag("Index no text: no documents, caption files or descriptions in photos.", "--no-text"),
     index_spec: str = typer.Option(
         None,
         "--index",
@@ -51,18 +55,20 @@ def index(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
     workers: int = typer.Option(None, "--workers", min=1, help="Decode threads (default: one per CPU)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be added, updated and removed."),
-    wait: bool = typer.Option(False, "--wait", help="If another process is indexing this library, wait for it."),
-    tune: bool = typer.Option(False, "--tune", help="Then pick ANN search parameters for --target-recall."),
+    dry_run: bool = flag("Only say what would be added, updated and removed.", "--dry-run"),
+    wait: bool = flag("If another process is indexing this library, wait for it.", "--wait"),
+    tune: bool = flag("Then pick ANN search parameters for --target-recall.", "--tune"),
     target_recall: float = typer.Option(0.95, "--target-recall", help="Recall@10 vs exact search for --tune."),
     from_embeddings: Path = typer.Option(
         None,
         "--from-embeddings",
         help="Import an `xmodal embed-dataset` folder (items with their stored vectors; no model work).",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = flag("No progress bar.", "--quiet", "-q"),
 ) -> None:
-    """Index photos (and record videos) under PATHS: incremental, resumable, crash-safe.
+    """Index photos and text documents (and record videos) under PATHS: incremental, resumable,
+    crash-safe. A .txt or .caption file named like a photo (IMG_1.txt beside IMG_1.jpg) is also
+    that photo's caption, and so is the description a photo carries (XMP, IPTC, EXIF).
 
     Exit codes: 0 when anything was indexed (failed files are listed by `xmodal status --errors`),
     1 when every file failed, 75 when another process is indexing the library (see --wait),
@@ -70,9 +76,12 @@ def index(
     """
     from xmodal.store.ingest import EmbedConfig
 
+    if no_text and text_ext:
+        raise typer.BadParameter("--no-text and --text-ext contradict each other")
     config = EmbedConfig(batch_size=batch_size, workers=workers)
     if from_embeddings is not None and paths:
         raise typer.BadParameter("give PATHS or --from-embeddings DIR, not both")
+    text_extensions = [] if no_text else (text_ext or None)
     lib = _open(library)
     with lib:
         report = None
@@ -89,6 +98,7 @@ def index(
                     exclude=exclude,
                     follow_symlinks=follow_symlinks,
                     include_hidden=hidden,
+                    text_extensions=text_extensions,
                     index_spec=index_spec,
                     config=config,
                     progress=progress,
@@ -118,7 +128,7 @@ def _print_report(report) -> None:
     from xmodal.store.catalog import display_path
 
     for path, reason in report.failed[:20]:
-        err_console.print(f"failed {display_path(path)}: {reason}", markup=False, highlight=False, soft_wrap=True)
+        say(f"failed {display_path(path)}: {reason}", err=True)
     if len(report.failed) > 20:
         say(f"... and {len(report.failed) - 20} more (xmodal status --errors)", err=True)
     for root, reason in report.offline.items():
@@ -155,26 +165,41 @@ def search(
     after: str = typer.Option(None, "--after", help="Taken at or after this date (2024, 2024-06, 2024-06-30)."),
     before: str = typer.Option(None, "--before", help="Taken before this date."),
     path_glob: str = typer.Option(None, "--path", help="Only paths matching this glob (e.g. '*/2023/*')."),
+    tag: list[str] = typer.Option(
+        [], "--tag", help="Only items carrying this zero-shot tag (repeatable: all of them)."
+    ),
     decay_days: float = typer.Option(
         None, "--decay-days", help="Favour recent items: each score times exp(-age in days / DAYS)."
     ),
-    min_score: float = typer.Option(
-        None, "--min-score", help="Cosine floor below which nothing counts as a match (default per model family)."
+    min_score: str = typer.Option(
+        None,
+        "--min-score",
+        help="Cosine floor below which nothing counts as a match: one number, or per type (text=0.6,image=0.2); "
+        "default: per model and pair of modalities.",
+    ),
+    combine: str = typer.Option(
+        "0.5",
+        "--combine",
+        help="A photo's score from its pixels and its captions: the caption's weight 0-1 (default 0.5), or max.",
     ),
     model: str = typer.Option(None, "--model", "-m", help="Which of the library's models (default: the last used)."),
-    moments: int = typer.Option(1, "--moments", min=0, help="Best-matching moments shown per video (0: none)."),
+    moments: int = typer.Option(
+        1, "--moments", min=0, help="Best-matching moments per video / windows per document shown (0: none)."
+    ),
     output: str = typer.Option(
         None, "--format", help="table (default on a terminal), paths (default in a pipe), tsv or json."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
-    only_paths: bool = typer.Option(False, "--paths", "-f", help="Same as --format paths: one path per line."),
-    null: bool = typer.Option(False, "--null", "-0", help="With paths: end each with a NUL byte (for xargs -0)."),
+    as_json: bool = flag("Same as --format json.", "--json"),
+    only_paths: bool = flag("Same as --format paths: one path per line.", "--paths", "-f"),
+    null: bool = flag("With paths: end each with a NUL byte (for xargs -0).", "--null", "-0"),
     embeddings: Path = typer.Option(
         None, "--embeddings", help="Search an embeddings folder's built index (xmodal build-index) instead."
     ),
 ) -> None:
-    """Search the library by text, example image, indexed item, or a combination."""
+    """Search the library by text, example image, indexed item, or a combination: photos, videos
+    and documents (--type to choose), photos also through their captions."""
     from xmodal.cli import output as out
+    from xmodal.search import parse_min_score
 
     if not query and image is None and item is None:
         raise typer.BadParameter("give a query text, --image FILE or --item ID")
@@ -183,44 +208,41 @@ def search(
         raise typer.BadParameter(f"{chosen!r} is not one of {', '.join(out.FORMATS)}", param_hint="--format")
     chosen = chosen or ("table" if sys.stdout.isatty() else "paths")
     if embeddings is not None:
-        results = _search_embeddings(embeddings, query, image, item, model, k, (type, after, before, path_glob))
+        filters = (type, after, before, path_glob, tag)
+        results = _search_embeddings(embeddings, query, image, item, model, k, parse_min_score(min_score), filters)
     else:
-        results = _search_library(
-            library, query, image, item, model, k, type, after, before, path_glob, min_score, decay_days, moments
-        )
+        with _existing(library) as lib:
+            results = lib.search(
+                query,
+                image=image,
+                k=k,
+                type=type or None,
+                after=after,
+                before=before,
+                item=item,
+                path_glob=path_glob,
+                tags=tag,
+                min_score=parse_min_score(min_score),
+                decay_days=decay_days,
+                model=model,
+                moments=moments,
+                combine=combine,
+            )
     _print_results(results, chosen, null)
 
 
-def _search_embeddings(folder: Path, query, image, item, model, k, filters):
+def _search_embeddings(folder: Path, query, image, item, model, k, min_score, filters):
     from xmodal.models import load_model
     from xmodal.scale.index import ShardedIndex, search_embeddings
 
     if item is not None or any(filters):
-        raise typer.BadParameter("--item, --type, --after, --before and --path search libraries, not --embeddings")
+        raise typer.BadParameter(
+            "--item, --type, --after, --before, --path and --tag search libraries, not --embeddings"
+        )
     index = ShardedIndex(folder)
     made_with = index.manifest["model"]
     encoder = load_model(model or made_with["source"], precision=made_with["precision"])
-    return search_embeddings(index, encoder, query, image, k)
-
-
-def _search_library(
-    library, query, image, item, model, k, type, after, before, path_glob, min_score, decay_days, moments
-):
-    with _existing(library) as lib:
-        return lib.search(
-            query,
-            image=image,
-            k=k,
-            type=type or None,
-            after=after,
-            before=before,
-            item=item,
-            path_glob=path_glob,
-            min_score=min_score,
-            decay_days=decay_days,
-            model=model,
-            moments=moments,
-        )
+    return search_embeddings(index, encoder, query, image, k, min_score=min_score)
 
 
 def _print_results(results, chosen: str, null: bool) -> None:
@@ -249,8 +271,8 @@ def _print_results(results, chosen: str, null: bool) -> None:
 
 def status(
     library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
-    errors: bool = typer.Option(False, "--errors", help="List every failed file with its reason."),
+    as_json: bool = flag("Print the status as JSON.", "--json"),
+    errors: bool = flag("List every failed file with its reason.", "--errors"),
 ) -> None:
     """Items per type, failures, models and their vector indexes, folders, and who is indexing."""
     from xmodal.store.catalog import display_path
@@ -279,6 +301,12 @@ def status(
             f"index {idx['spec'] or idx['setting']} of {idx['size']} ({state})"
             + (f", {idx['search_params']}" if idx["search_params"] else "")
         )
+    tags = info.get("tags")
+    if tags:
+        state = "" if tags["finished"] and not tags["untagged"] else f"; {tags['untagged']} not tagged yet (xmodal tag)"
+        say(
+            f"  tags: {tags['tags']} on {tags['tagged']} photos, {tags['labels_given']} labels ({tags['threshold']}){state}"
+        )
     if errors and not failures:
         say("no failed files")
     for path, reason in failures:
@@ -287,8 +315,8 @@ def status(
 
 def prune(
     library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
-    offline: bool = typer.Option(False, "--offline", help="Also forget the items of offline folders."),
-    wait: bool = typer.Option(False, "--wait", help="If another process is indexing this library, wait for it."),
+    offline: bool = flag("Also forget the items of offline folders.", "--offline"),
+    wait: bool = flag("If another process is indexing this library, wait for it.", "--wait"),
 ) -> None:
     """Drop stored embeddings no file uses any more (kept so moved or re-added files cost no model
     work); with --offline, also forget folders that are offline (unmounted) and their items."""

@@ -11,6 +11,7 @@ from xmodal.search import Hit, SearchResults
 from xmodal.store.catalog import display_path
 
 FORMATS = ("table", "tsv", "json", "paths")
+WORDS_WIDTH = 40  # characters of a matched window or caption shown in the table
 _ELLIPSIS = "…"
 
 
@@ -42,11 +43,24 @@ def _cells(hit: Hit, with_time: bool) -> list[str]:
     return cells
 
 
+def words(hit: Hit) -> str:
+    """What matched in words: a document's best window, a photo's caption (quoted), else ''."""
+    text = hit.snippet or (hit.caption.moment.text if hit.caption and hit.caption.moment else None)
+    return f'"{text}"' if text else ""
+
+
 def table(results: SearchResults, width: int) -> str:
     """An aligned table `width` characters wide at most; the path column takes what is left."""
     with_time = any(h.timestamp is not None for h in results)
-    header = ["rank", "score", "id", "type", "taken at"] + (["at"] if with_time else []) + ["path"]
-    rows = [_cells(hit, with_time) + [display_path(hit.path)] for hit in results]
+    with_words = any(words(h) for h in results)
+    header = ["rank", "score", "id", "type", "taken at"] + (["at"] if with_time else [])
+    header += (["words"] if with_words else []) + ["path"]
+    rows = [
+        _cells(hit, with_time)
+        + ([shorten_middle(display_path(words(hit)), WORDS_WIDTH)] if with_words else [])
+        + [display_path(hit.path)]
+        for hit in results
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     room = max(12, width - sum(widths) - 2 * len(widths))
     lines = []
@@ -59,14 +73,15 @@ def table(results: SearchResults, width: int) -> str:
 
 
 def tsv(results: SearchResults) -> str:
-    """Tab-separated with a header; paths are display paths (control characters escaped)."""
-    lines = ["rank\tscore\titem_id\ttype\ttaken_at\ttimestamp\tpath"]
+    """Tab-separated with a header; paths are display paths (control characters escaped); a last
+    column `words` (a document's matched window, a photo's caption) when any hit has them."""
+    with_words = any(words(hit) for hit in results)
+    lines = ["rank\tscore\titem_id\ttype\ttaken_at\ttimestamp\tpath" + ("\twords" if with_words else "")]
     for hit in results:
         d = hit.to_dict()
         timestamp = "" if d["timestamp"] is None else f"{d['timestamp']:.3f}"
-        lines.append(
-            f"{hit.rank}\t{d['score']}\t{hit.item_id}\t{hit.type}\t{d['taken_at'] or ''}\t{timestamp}\t{d['path']}"
-        )
+        line = f"{hit.rank}\t{d['score']}\t{hit.item_id}\t{hit.type}\t{d['taken_at'] or ''}\t{timestamp}\t{d['path']}"
+        lines.append(line + (f"\t{' '.join(display_path(words(hit)).split())}" if with_words else ""))
     return "\n".join(lines)
 
 

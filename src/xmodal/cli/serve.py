@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from xmodal import settings
+from xmodal.cli.console import flag
+from xmodal.cli.library import LIBRARY_HELP
 
 
 def serve(
+    library: Path = typer.Option(None, "--library", "-l", help=LIBRARY_HELP),
     host: str = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1, or $XMODAL_HOST)."),
     port: int = typer.Option(None, "--port", min=1, max=65535, help="Port (default 8000, or $XMODAL_PORT)."),
     api_key: str = typer.Option(
@@ -16,9 +21,7 @@ def serve(
         help="Key clients must send (x-api-key header or Authorization: Bearer); needed to listen beyond"
         " loopback. $XMODAL_API_KEY keeps it out of the process list.",
     ),
-    ml_only: bool = typer.Option(
-        False, "--ml-only", help="Serve only machine learning (Immich's /ping and /predict), without a library."
-    ),
+    ml_only: bool = flag("Serve only machine learning (Immich's /ping and /predict), without a library.", "--ml-only"),
     preload: list[str] = typer.Option(
         None, "--preload", help="Model to load at start and keep loaded: a known name or a model folder (repeatable)."
     ),
@@ -38,11 +41,13 @@ def serve(
         help="Client network that needs no API key, e.g. the Docker network of an Immich server (repeatable).",
     ),
 ) -> None:
-    """Serve search over HTTP: a JSON API with OpenAPI docs at /docs, a web page at /, /metrics, and an
-    Immich-compatible machine-learning endpoint (point IMMICH_MACHINE_LEARNING_URL at it)."""
+    """Serve a library over HTTP: a web page to search it at /, a JSON API with OpenAPI docs at /docs,
+    /metrics, and an Immich-compatible machine-learning endpoint (point IMMICH_MACHINE_LEARNING_URL
+    at it). The library must exist (xmodal index PATH creates one); --ml-only serves without one."""
     from xmodal.serve import run_server
 
     config = settings.configure(
+        library=library,
         host=host,
         port=port,
         api_key=api_key,
@@ -53,4 +58,17 @@ def serve(
         cors_origins=cors_origin or None,
         trusted_networks=trusted_network or None,
     )
-    run_server(config, library=None)
+    if ml_only:
+        run_server(config, library=None)
+        return
+    from xmodal.cli.console import say
+    from xmodal.errors import LibraryNotFoundError, XmodalError
+    from xmodal.library import Library
+
+    with Library(config.library_dir) as served:
+        if not served.exists:
+            missing = LibraryNotFoundError(served.folder)
+            raise XmodalError(f"{missing}; or serve machine learning only: xmodal serve --ml-only")
+        items = ", ".join(f"{n} {kind}s" for kind, n in served.status()["items"].items() if n)
+        say(f"serving library {served.folder} ({items or 'no items yet'})", err=True)
+        run_server(config, library=served)

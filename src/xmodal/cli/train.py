@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import console, progress_bar
+from xmodal.cli.console import console, flag, progress_bar
 
 
 def _epoch_line(record: dict) -> str:
@@ -51,7 +51,7 @@ def train(
     name: str = typer.Option(None, "--name", help="Model name recorded in the exported config.json."),
     threads: int = typer.Option(None, "--threads", help="torch threads (default: torch's choice)."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue the run in OUT from its last checkpoint."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = flag("No progress bar.", "--quiet", "-q"),
 ) -> None:
     """Train with InfoNCE or SigLIP loss, validate R@K every epoch, checkpoint, export to a model folder."""
     from xmodal.train import TrainConfig

@@ -41,6 +41,21 @@ POSITIONS: dict[tuple[int, int], tuple[str, ...]] = {
 }
 
 
+def tag_vocabulary() -> dict:
+    """A zero-shot tag vocabulary (the JSON `xmodal tag --vocabulary` reads) of the colours and the
+    shapes, each group with templates that say what kind of word it is."""
+    return {
+        "groups": [
+            {
+                "name": "colours",
+                "labels": list(COLORS),
+                "templates": ["a {} shape", "a picture of a {} shape", "there is a {} shape"],
+            },
+            {"name": "shapes", "labels": list(SHAPES), "templates": ["a {}", "a picture of a {}", "there is a {}"]},
+        ]
+    }
+
+
 class AnnotatedItems(Protocol):
     """What `annotated_scenes` reads of a dataset: its name, item ids and per-item attributes."""
 

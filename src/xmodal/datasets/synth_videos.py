@@ -1,7 +1,12 @@
 """Short synthetic videos of one shape moving or changing, with captions ("a blue square moves to the right").
 
+Every fourth video has a scene cut halfway: one shape moves on one background for two seconds, then
+another shape (other colour, other kind) on another background ("a red circle moves up, then a blue
+square shrinks"), so a search can be checked to place each description in the right half.
+
 Encoded with PyAV as H.264 MP4 (libx264, single-threaded so the same seed gives the same bytes) and
-listed in `videos.jsonl` (path, captions, split), the generic format every reader takes.
+listed in `videos.jsonl` (path, captions, split, and `scenes`: start and end seconds, shape, motion
+and captions of each scene), the generic format every reader takes.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from xmodal.progress import Progress
 
 VIDEO_LIST = "videos.jsonl"
 VIDEO_SIZE = 128
-FRAMES = 24
+FRAMES = 24  # per scene
 FPS = 12
+CUT_EVERY = 4  # videos 3, 7, 11, ... have two scenes
 # motion -> (start (x, y), end (x, y)) in fractions of the frame, and the ways of saying it
 MOTIONS: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[str, ...]]] = {
     "right": ((0.2, 0.5), (0.8, 0.5), ("moves to the right", "slides right", "moving from left to right")),
@@ -63,19 +69,48 @@ def write_video(path: Path, frames: list[np.ndarray]) -> None:
             container.mux(packet)
 
 
+def _scene(rng: np.random.Generator, start: float, avoid: Shape | None = None) -> tuple[dict, list[np.ndarray]]:
+    """One scene's record and frames: a shape (unlike `avoid` in colour and kind) and its motion."""
+    colors = [c for c in COLORS if avoid is None or c != avoid.color]
+    kinds = [k for k in SHAPES if avoid is None or k != avoid.kind]
+    shape = Shape(str(rng.choice(colors)), str(rng.choice(kinds)), "small", (1, 1))
+    motion = str(rng.choice(list(MOTIONS)))
+    record = {
+        "start": start,
+        "end": start + FRAMES / FPS,
+        "color": shape.color,
+        "shape": shape.kind,
+        "motion": motion,
+        "captions": [f"a {shape.color} {shape.kind} {phrase}" for phrase in MOTIONS[motion][2]],
+    }
+    return record, _frames(shape, motion, rng)
+
+
+def _video_record(index: int, config: SynthConfig, out_dir: Path) -> dict:
+    rng = np.random.default_rng([config.seed, 1 << 20, index])
+    scene, frames = _scene(rng, 0.0)
+    scenes = [scene]
+    if index % CUT_EVERY == CUT_EVERY - 1:
+        avoid = Shape(scene["color"], scene["shape"], "small", (1, 1))
+        second, more = _scene(rng, scene["end"], avoid)
+        scenes.append(second)
+        frames += more
+    name = f"videos/{index:05d}.mp4"
+    write_video(out_dir / name, frames)
+    captions = [", then ".join(parts) for parts in zip(*(s["captions"] for s in scenes), strict=True)]
+    record = {"path": name, "captions": captions, "split": split_of(index, config.videos)}
+    if len(scenes) == 1:
+        record["motion"] = scene["motion"]
+    return {**record, "scenes": scenes}
+
+
 def generate_synth_videos(out_dir: Path, config: SynthConfig, progress: Progress) -> Path:
     """Write videos/*.mp4 and videos.jsonl under out_dir; return the JSONL path."""
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     progress.start("generating videos", config.videos)
     records = []
     for index in range(config.videos):
-        rng = np.random.default_rng([config.seed, 1 << 20, index])
-        shape = Shape(str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)), "small", (1, 1))
-        motion = str(rng.choice(list(MOTIONS)))
-        name = f"videos/{index:05d}.mp4"
-        write_video(out_dir / name, _frames(shape, motion, rng))
-        captions = [f"a {shape.color} {shape.kind} {phrase}" for phrase in MOTIONS[motion][2]]
-        records.append({"path": name, "captions": captions, "split": split_of(index, config.videos), "motion": motion})
+        records.append(_video_record(index, config, out_dir))
         progress.advance()
     path = out_dir / VIDEO_LIST
     path.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -5,6 +5,9 @@ dataset = read_dataset("karpathy:coco/dataset_coco.json")        # FORMAT:PATH, 
 with EmbeddingCache() as cache:
     result = evaluate_retrieval(xmodal.load_model("ViT-B-32__openai"), dataset, cache=cache)
 result.directions[0].metrics  # {"R@1", "R@5", "R@10", "MedR", "MnR", "MR"}; .ranks per query
+# several models and datasets at once; reports (results.md/.csv/.json, ranks.npz, plots) in one call:
+results = evaluate_models(["ViT-B-32__openai", "ViT-B-16-SigLIP__webli"], [dataset], ks=(1, 5, 10, 50))
+xmodal.eval.report.write_results(results, xmodal.eval.report.prepare_folder(Path("out")))
 """
 
 from xmodal.eval.cache import EmbeddingCache
@@ -16,7 +19,7 @@ from xmodal.eval.metrics import (
     ranks_from_embeddings,
     ranks_from_similarity,
 )
-from xmodal.eval.retrieval import RetrievalResult, evaluate_retrieval
+from xmodal.eval.retrieval import RetrievalResult, evaluate_models, evaluate_retrieval
 from xmodal.eval.zeroshot import ZeroShotResult, evaluate_zeroshot, load_templates
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "RetrievalDataset",
     "RetrievalResult",
     "ZeroShotResult",
+    "evaluate_models",
     "evaluate_retrieval",
     "evaluate_zeroshot",
     "load_templates",

@@ -3,7 +3,8 @@
 Vectors are keyed by the encoder's model key (name, precision, weights digest) and the content
 hash of the image / video file or of the caption text, so re-running a benchmark, adding a model
 or a dataset that shares images only encodes what is new. WAL journaling and one commit per
-batch: a run killed at any point (even kill -9) keeps every batch it finished.
+batch: a run killed at any point (even kill -9) keeps every batch it finished. Writing is optional:
+when it fails (a full disk, read-only media) the run warns once and goes on without storing.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class EmbeddingCache:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path is not None else default_cache_path()
+        self.writable = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = sqlite3.connect(self.path, timeout=30.0)
@@ -53,7 +55,7 @@ class EmbeddingCache:
             self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes of the process
             self.store = EmbeddingStore(self.conn)
             self.conn.executescript(FILE_HASHES)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise XmodalError(
                 f"{self.path}: embedding cache cannot be used ({exc}); delete it or pass --no-cache"
             ) from None
@@ -63,9 +65,19 @@ class EmbeddingCache:
         return self.store.get_many(model_key, keys)
 
     def put(self, model_key: str, pairs: Iterable[tuple[str, np.ndarray]]) -> None:
-        """Store one batch of vectors and commit it."""
-        with self.conn:
-            self.store.put_many(model_key, pairs)
+        """Store one batch of vectors and commit it (skipped, with one warning, once writing failed)."""
+        self._write("embeddings", lambda: self.store.put_many(model_key, pairs))
+
+    def _write(self, what: str, write) -> None:
+        """Run one write transaction; a failure to write disables writing for the rest of the run."""
+        if not self.writable:
+            return
+        try:
+            with self.conn:
+                write()
+        except (sqlite3.OperationalError, OSError) as exc:  # database or disk is full, read-only, I/O error
+            self.writable = False
+            log.warning("%s: %s not stored (%s); going on without writing the cache", self.path, what, exc)
 
     def file_hashes(self, paths: Sequence[Path]) -> list[str]:
         """content_hash of each file, reusing the stored one while its size and mtime are unchanged.
@@ -86,12 +98,14 @@ class EmbeddingCache:
             out.append(digest)
             fresh.append((key, stat.st_size, stat.st_mtime_ns, digest))
         if fresh:
-            with self.conn:
-                self.conn.executemany(
+            self._write(
+                "file hashes",
+                lambda: self.conn.executemany(
                     "INSERT INTO file_hashes VALUES (?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET "
                     "size = excluded.size, mtime_ns = excluded.mtime_ns, content_hash = excluded.content_hash",
                     fresh,
-                )
+                ),
+            )
         return out
 
     @property

@@ -1,8 +1,16 @@
 """Embedding benchmark items and captions through the cache: only what is not stored is encoded.
 
-Images and captions are embedded by the encoder as they are; a video is embedded as the mean of
-its uniformly sampled frames' unit embeddings, re-normalized. Items that cannot be decoded come
-back as NaN rows with the reason, so the benchmark drops them and reports them.
+Images and captions are embedded by the encoder as they are. Videos go through xmodal's one video
+path (`xmodal.models.video.embed_video`) and are pooled one of three ways:
+
+- "uniform": the mean of `frames` uniformly sampled frames' unit embeddings, re-normalised (CLIP4Clip's
+  mean pooling; 12 frames is its convention for MSVD and MSR-VTT),
+- "segments": the video's clip vector (1 frame per second, similar frames merged into segments, the
+  segments averaged by duration),
+- "best": every segment kept; a caption scores a video by its best segment (max over segments).
+
+Items that cannot be decoded come back as NaN rows with the reason, so the benchmark drops them
+and reports them.
 """
 
 from __future__ import annotations
@@ -15,28 +23,50 @@ from pathlib import Path
 
 import numpy as np
 
-from xmodal.errors import MediaError, describe_item
+from xmodal.errors import InvalidArgumentError, MediaError, describe_item
 from xmodal.eval.cache import EmbeddingCache
 from xmodal.eval.datasets.base import MediaSource
 from xmodal.media.hashing import content_hash
-from xmodal.media.video import sample_frames
+from xmodal.media.video import FramePolicy
+from xmodal.models.embedder import Embedder
 from xmodal.models.encoder import Encoder, l2_normalize
+from xmodal.models.video import VideoEmbedding, embed_video
 from xmodal.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FRAMES = 8
+DEFAULT_FRAMES = 12
+POOLINGS = ("uniform", "segments", "best")
 _TEXT_CHUNK = 1024  # captions embedded (and committed to the cache) per step
-_VIDEO_CHUNK = 8  # videos decoded in parallel and embedded (and committed) per step
+_VIDEO_CHUNK = 8  # videos embedded (and committed) per step, two at a time
 
 
 @dataclass
 class Embedded:
-    """Embeddings (NaN rows where an item failed), the failures, and how many came from the cache."""
+    """Embeddings (NaN rows where an item failed), the failures, and how many came from the cache.
+    With "best" pooling, `parts[i]` holds item i's segment vectors (S_i, D) and `vectors` their mean."""
 
     vectors: np.ndarray
     failures: dict[int, str] = field(default_factory=dict)
     cached: int = 0
+    parts: list[np.ndarray] | None = None
+
+
+def video_policy(pooling: str, frames: int = DEFAULT_FRAMES) -> FramePolicy:
+    """The frame sampling a pooling uses: `frames` uniform frames, else xmodal's default policy."""
+    if pooling not in POOLINGS:
+        raise InvalidArgumentError("pooling", pooling, POOLINGS)
+    return FramePolicy.uniform(frames) if pooling == "uniform" else FramePolicy()
+
+
+def pool_video(video: VideoEmbedding, pooling: str) -> np.ndarray:
+    """One video's cached row for a pooling: a (D,) unit vector, or for "best" its segment vectors
+    flattened to (S * D,)."""
+    if pooling == "uniform":
+        return l2_normalize(video.frame_vectors.mean(axis=0))
+    if pooling == "segments":
+        return video.clip_vector
+    return np.concatenate([s.vector for s in video.segments])
 
 
 def text_key(text: str, language: str | None) -> str:
@@ -55,10 +85,13 @@ def embed_texts(
     """Caption embeddings (T, D), cached by text + language."""
     keys = [text_key(t, language) for t in texts]
 
-    def embed(indices: list[int]) -> tuple[np.ndarray, dict[int, str]]:
-        return encoder.embed_texts([texts[i] for i in indices], language), {}
+    def embed(indices: list[int]) -> tuple[list[np.ndarray], dict[int, str]]:
+        return list(encoder.embed_texts([texts[i] for i in indices], language)), {}
 
-    return _embed_cached(encoder, keys, embed, _TEXT_CHUNK, cache, progress or NullProgress(), f"{encoder.name}: texts")
+    rows, failures, cached = _embed_cached(
+        encoder, keys, embed, _TEXT_CHUNK, cache, progress or NullProgress(), f"{encoder.name}: texts"
+    )
+    return Embedded(_stack(rows, encoder.dim), failures, cached)
 
 
 def embed_items(
@@ -67,33 +100,35 @@ def embed_items(
     kind: str = "image",
     *,
     frames: int = DEFAULT_FRAMES,
+    pooling: str = "uniform",
     batch_size: int = 32,
     cache: EmbeddingCache | None = None,
     progress: Progress | None = None,
 ) -> Embedded:
-    """Image (or video) embeddings (N, D), cached by file content (and frame count for videos)."""
+    """Image (or video) embeddings (N, D), cached by file content (videos: and by pooling and sampling)."""
     progress = progress or NullProgress()
-    keys, failures = _item_keys(items, kind, frames, cache)
-    if kind == "video":
+    policy = video_policy(pooling, frames) if kind == "video" else None
+    keys, failures = _item_keys(items, policy and video_key_suffix(pooling, policy), cache)
+    if policy is not None:
 
-        def embed(indices: list[int]) -> tuple[np.ndarray, dict[int, str]]:
-            return _embed_videos(encoder, [items[i] for i in indices], frames, batch_size)
+        def embed(indices: list[int]) -> tuple[list[np.ndarray], dict[int, str]]:
+            return _embed_videos(encoder, [items[i] for i in indices], pooling, policy, batch_size, cache)
 
         chunk = _VIDEO_CHUNK
     else:
 
-        def embed(indices: list[int]) -> tuple[np.ndarray, dict[int, str]]:
+        def embed(indices: list[int]) -> tuple[list[np.ndarray], dict[int, str]]:
             errors: dict[int, str] = {}
             vectors = encoder.embed_images(
                 [items[i] for i in indices],
                 batch_size,
                 on_error=lambda k, _item, exc: errors.__setitem__(k, exc.reason),
             )
-            return vectors, errors
+            return list(vectors), errors
 
         chunk = 8 * batch_size
     valid = [i for i in range(len(items)) if i not in failures]
-    result = _embed_cached(
+    rows, errors, cached = _embed_cached(
         encoder,
         [keys[i] for i in valid],
         lambda sub: embed([valid[j] for j in sub]),
@@ -102,27 +137,36 @@ def embed_items(
         progress,
         f"{encoder.name}: {kind}s",
     )
-    vectors = np.full((len(items), encoder.dim), np.nan, dtype=np.float32)
-    vectors[valid] = result.vectors
-    failures.update({valid[j]: reason for j, reason in result.failures.items()})
+    failures.update({valid[j]: reason for j, reason in errors.items()})
     for i, reason in sorted(failures.items()):
         log.warning("skipped %s: %s", describe_item(items[i]), reason)
-    return Embedded(vectors, failures, result.cached)
+    by_item: list[np.ndarray | None] = [None] * len(items)
+    for j, row in zip(valid, rows, strict=True):
+        by_item[j] = None if j in failures else row
+    if pooling != "best" or kind != "video":
+        return Embedded(_stack(by_item, encoder.dim), failures, cached)
+    parts = [np.zeros((0, encoder.dim), np.float32) if r is None else r.reshape(-1, encoder.dim) for r in by_item]
+    means = [None if r is None else l2_normalize(p.mean(axis=0)) for r, p in zip(by_item, parts, strict=True)]
+    return Embedded(_stack(means, encoder.dim), failures, cached, parts)
+
+
+def video_key_suffix(pooling: str, policy: FramePolicy) -> str:
+    """What a video's cache key adds to its content hash: the pooling and the frame sampling."""
+    return f":{pooling}:{policy.key}"
 
 
 def _item_keys(
-    items: Sequence[MediaSource], kind: str, frames: int, cache: EmbeddingCache | None = None
+    items: Sequence[MediaSource], suffix: str | None, cache: EmbeddingCache | None = None
 ) -> tuple[list[str], dict[int, str]]:
-    """Content hashes (videos: plus the sampling); an unreadable file is a failure, not an error.
-    With a cache, unchanged files (same size and mtime) reuse their stored hash."""
+    """Content hashes (videos: plus the pooling and sampling); an unreadable file is a failure, not
+    an error. With a cache, unchanged files (same size and mtime) reuse their stored hash."""
     keys, failures = [], {}
-    suffix = f":uniform{frames}" if kind == "video" else ""
     for i, item in enumerate(items):
         try:
             digest = (
                 cache.file_hashes([item])[0] if cache is not None and isinstance(item, Path) else content_hash(item)
             )
-            keys.append(digest + suffix)
+            keys.append(digest + (suffix or ""))
         except OSError as exc:
             keys.append("")
             failures[i] = f"cannot read file ({exc.strerror or exc})"
@@ -132,14 +176,15 @@ def _item_keys(
 def _embed_cached(
     encoder: Encoder,
     keys: list[str],
-    embed: Callable[[list[int]], tuple[np.ndarray, dict[int, str]]],
+    embed: Callable[[list[int]], tuple[list[np.ndarray], dict[int, str]]],
     chunk: int,
     cache: EmbeddingCache | None,
     progress: Progress,
     description: str,
-) -> Embedded:
-    """Look keys up, embed the rest in chunks (each committed to the cache), assemble in order."""
-    out = np.full((len(keys), encoder.dim), np.nan, dtype=np.float32)
+) -> tuple[list[np.ndarray | None], dict[int, str], int]:
+    """Look keys up, embed the rest in chunks (each committed to the cache), return rows in key
+    order (None where embedding failed), the failures and how many rows came from the cache."""
+    out: list[np.ndarray | None] = [None] * len(keys)
     found = cache.get(encoder.model_key, keys) if cache is not None else {}
     todo = []
     for i, key in enumerate(keys):
@@ -152,35 +197,52 @@ def _embed_cached(
     failures: dict[int, str] = {}
     for start in range(0, len(todo), chunk):
         indices = todo[start : start + chunk]
-        vectors, errors = embed(indices)
-        out[indices] = vectors
+        rows, errors = embed(indices)
+        for k, i in enumerate(indices):
+            out[i] = None if k in errors else rows[k]
         failures.update({indices[k]: reason for k, reason in errors.items()})
         if cache is not None:
             cache.put(encoder.model_key, [(keys[i], out[i]) for k, i in enumerate(indices) if k not in errors])
         progress.advance(len(indices))
-    return Embedded(out, failures, len(keys) - len(todo))
+    return out, failures, len(keys) - len(todo)
+
+
+def _stack(rows: Sequence[np.ndarray | None], dim: int) -> np.ndarray:
+    """Rows as one (N, dim) float32 array, NaN where a row is missing."""
+    out = np.full((len(rows), dim), np.nan, dtype=np.float32)
+    for i, row in enumerate(rows):
+        if row is not None:
+            out[i] = row
+    return out
 
 
 def _embed_videos(
-    encoder: Encoder, paths: Sequence[MediaSource], frames: int, batch_size: int
-) -> tuple[np.ndarray, dict[int, str]]:
-    """Mean of each video's normalized frame embeddings, re-normalized; frames decoded on 2 threads."""
+    embedder: Embedder,
+    paths: Sequence[MediaSource],
+    pooling: str,
+    policy: FramePolicy,
+    batch_size: int,
+    cache: EmbeddingCache | None,
+) -> tuple[list[np.ndarray], dict[int, str]]:
+    """Each video's row for `pooling` (two videos at a time). The poolings that share the sampling
+    are stored in the cache too: one decode serves "segments" and "best"."""
 
-    def sample(path: MediaSource) -> list | MediaError:
+    def one(path: MediaSource) -> VideoEmbedding | MediaError:
         try:
-            return sample_frames(path, frames)  # type: ignore[arg-type]
+            return embed_video(embedder, path, policy, batch_size=batch_size)  # type: ignore[arg-type]
         except MediaError as exc:
             return exc
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sampled = list(pool.map(sample, paths))
-    errors = {k: s.reason for k, s in enumerate(sampled) if isinstance(s, MediaError)}
-    flat = [frame for s in sampled if not isinstance(s, MediaError) for frame in s]
-    frame_vectors = encoder.embed_images(flat, batch_size) if flat else np.zeros((0, encoder.dim), np.float32)
-    out = np.full((len(paths), encoder.dim), np.nan, dtype=np.float32)
-    start = 0
-    for k, s in enumerate(sampled):
-        if not isinstance(s, MediaError):
-            out[k] = l2_normalize(frame_vectors[start : start + len(s)].mean(axis=0))
-            start += len(s)
-    return out, errors
+        videos = list(pool.map(one, paths))
+    errors = {k: v.reason for k, v in enumerate(videos) if isinstance(v, MediaError)}
+    rows = [np.zeros(0, np.float32) if isinstance(v, MediaError) else pool_video(v, pooling) for v in videos]
+    siblings = [p for p in POOLINGS if p != pooling and video_policy(p) == policy]
+    if cache is not None and siblings:
+        pairs = []
+        for path, video in zip(paths, videos, strict=True):
+            if isinstance(video, VideoEmbedding):
+                digest = cache.file_hashes([path])[0] if isinstance(path, Path) else content_hash(path)
+                pairs += [(digest + video_key_suffix(p, policy), pool_video(video, p)) for p in siblings]
+        cache.put(embedder.model_key, pairs)
+    return rows, errors

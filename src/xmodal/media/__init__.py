@@ -1,1 +1,1 @@
-"""Media decoding: images (and, later, video frames)."""
+"""Media decoding: images (xmodal.media.image), video probing and frame sampling (xmodal.media.video)."""

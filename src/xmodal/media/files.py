@@ -2,7 +2,8 @@
 when the file did not change while it was read.
 
 A file larger than its kind's limit is refused before a byte is read (a 64 GB sparse `huge.jpg`
-costs a stat, not the machine's memory); a file that changes while it is read (still being copied
+costs a stat, not the machine's memory), or, for kinds whose beginning is useful on its own (text),
+read only up to the limit (`head=True`); a file that changes while it is read (still being copied
 or recorded) is read again a few times, then refused.
 """
 
@@ -20,12 +21,14 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class FileContent:
-    """What one stable read of a file gave: its bytes (unless only hashed), digest, size, mtime."""
+    """What one stable read of a file gave: its bytes (unless only hashed), digest, size, mtime;
+    `truncated` when only its first `limit` bytes were read (and hashed)."""
 
     data: bytes | None
     digest: str | None
     size: int
     mtime_ns: int
+    truncated: bool = False
 
 
 def human_size(size: float) -> str:
@@ -38,9 +41,17 @@ def human_size(size: float) -> str:
 
 
 def read_file(
-    path: str, limit: int, *, keep: bool = True, digest: bool = True, attempts: int = 3, limit_name: str = ""
+    path: str,
+    limit: int,
+    *,
+    keep: bool = True,
+    digest: bool = True,
+    attempts: int = 3,
+    limit_name: str = "",
+    head: bool = False,
 ) -> FileContent:
-    """Read (`keep`) and/or hash (`digest`) a whole file of at most `limit` bytes, stable while read.
+    """Read (`keep`) and/or hash (`digest`) a whole file of at most `limit` bytes, stable while read;
+    with `head`, a larger file's first `limit` bytes instead (the digest covers those bytes).
 
     Raises MediaError naming the file: missing, unreadable, empty, over the limit (the message names
     `limit_name`, the setting that raises it), or changing on every attempt."""
@@ -48,11 +59,12 @@ def read_file(
         try:
             with open(path, "rb") as fp:
                 before = os.fstat(fp.fileno())
-                _check_size(path, before.st_size, limit, limit_name)
+                if not head:
+                    _check_size(path, before.st_size, limit, limit_name)
                 hasher = new_hasher() if digest else None
                 chunks: list[bytes] = []
                 total = 0
-                while chunk := fp.read(_CHUNK):
+                while chunk := fp.read(min(_CHUNK, limit - total) if head else _CHUNK):
                     total += len(chunk)
                     if total > limit:
                         _check_size(path, total, limit, limit_name)  # grew past the limit while read
@@ -69,24 +81,37 @@ def read_file(
             raise MediaError(path, "is a folder, not a file") from None
         except OSError as exc:
             raise MediaError(path, f"cannot read: {exc.strerror or exc}") from None
-        stable = (
-            (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) == (total, after.st_mtime_ns)
-        )
+        expected = min(after.st_size, limit) if head else after.st_size
+        stable = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and total == expected
         if stable:
             if total == 0:
                 raise MediaError(path, "empty file (0 bytes)")
             data = b"".join(chunks) if keep else None
-            return FileContent(data, hasher.hexdigest() if hasher else None, total, after.st_mtime_ns)
+            truncated = after.st_size > total
+            return FileContent(
+                data, hasher.hexdigest() if hasher else None, after.st_size, after.st_mtime_ns, truncated
+            )
         time.sleep(0.05)
     raise MediaError(path, "file kept changing while being read (still being written?)")
 
 
 def content_of(
-    path: str, data: bytes, limit: int, mtime_ns: int, *, digest: bool = True, limit_name: str = ""
+    path: str,
+    data: bytes,
+    limit: int,
+    mtime_ns: int,
+    *,
+    digest: bool = True,
+    limit_name: str = "",
+    head: bool = False,
 ) -> FileContent:
-    """The same checks and digest as `read_file` for content already in memory (an archive member
-    named `path`): MediaError when it is empty or over the limit."""
-    _check_size(path, len(data), limit, limit_name)
+    """The same checks, `head` cut and digest as `read_file` for content already in memory (an
+    archive member or a dataset row named `path`): MediaError when it is empty or over the limit."""
+    size = len(data)
+    if head:
+        data = data[:limit]
+    else:
+        _check_size(path, size, limit, limit_name)
     if not data:
         raise MediaError(path, "empty file (0 bytes)")
     hexdigest = None
@@ -94,7 +119,7 @@ def content_of(
         hasher = new_hasher()
         hasher.update(data)
         hexdigest = hasher.hexdigest()
-    return FileContent(data, hexdigest, len(data), mtime_ns)
+    return FileContent(data, hexdigest, size, mtime_ns, size > len(data))
 
 
 def _check_size(path: str, size: int, limit: int, limit_name: str) -> None:

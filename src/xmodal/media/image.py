@@ -40,6 +40,24 @@ _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
 _OFFSET_TIME_ORIGINAL = 0x9011
 _DATETIME = 0x0132
+_IMAGE_DESCRIPTION = 0x010E
+_IPTC_CAPTION = (2, 120)
+# What cameras write into EXIF ImageDescription when nobody described the photo.
+_CAMERA_PLACEHOLDERS = frozenset(
+    {
+        "olympus digital camera",
+        "sony dsc",
+        "digital camera",
+        "konica minolta digital camera",
+        "minolta digital camera",
+        "exif_jpeg_picture",
+        "default",
+        "dcim",
+        "image",
+        "picture",
+        "untitled",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,16 @@ class DecodeOptions:
     draft_size: int | None = None
 
 
+@dataclass(frozen=True)
+class Description:
+    """What a photo says about itself in words (XMP dc:description, IPTC caption or EXIF
+    ImageDescription), with the language XMP tags it with when it does."""
+
+    text: str
+    source: str  # "xmp" | "iptc" | "exif"
+    language: str | None = None
+
+
 @dataclass
 class DecodedImage:
     """An upright RGB image plus what the catalog wants to know about the file."""
@@ -62,6 +90,7 @@ class DecodedImage:
     height: int
     format: str | None
     taken_at: datetime | None
+    description: Description | None = None
 
 
 def load_image(item: ImageInput, options: DecodeOptions | None = None) -> Image.Image:
@@ -151,6 +180,7 @@ class ImageInfo:
     height: int
     format: str | None
     taken_at: datetime | None
+    description: Description | None = None
 
 
 def probe_image(data: bytes, item: object = None, options: DecodeOptions | None = None) -> ImageInfo:
@@ -161,7 +191,7 @@ def probe_image(data: bytes, item: object = None, options: DecodeOptions | None 
     width, height = img.size
     if _exif_orientation(img) in (5, 6, 7, 8):
         width, height = height, width
-    return ImageInfo(width, height, img.format, exif_taken_at(img))
+    return ImageInfo(width, height, img.format, exif_taken_at(img), embedded_description(img))
 
 
 def _finish(
@@ -180,7 +210,7 @@ def _finish(
     width, height = original_size or img.size
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return DecodedImage(rgb, width, height, img.format, taken_at)
+    return DecodedImage(rgb, width, height, img.format, taken_at, embedded_description(img))
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:
@@ -260,3 +290,67 @@ def parse_exif_datetime(raw: object, offset: object = None) -> datetime | None:
         sign = 1 if offset[0] == "+" else -1
         when = when.replace(tzinfo=timezone(sign * timedelta(hours=hours, minutes=minutes)))
     return when
+
+
+def embedded_description(img: Image.Image) -> Description | None:
+    """The photo's own description: XMP dc:description (its x-default entry, else the first),
+    else the IPTC caption, else EXIF ImageDescription unless it is a camera's placeholder
+    ("OLYMPUS DIGITAL CAMERA"); None when there is none or it cannot be read."""
+    for source, read in (("xmp", _xmp_description), ("iptc", _iptc_caption), ("exif", _exif_description)):
+        try:
+            found = read(img)
+        except Exception as exc:  # metadata is optional: a malformed block never fails the photo
+            log.debug("unreadable %s description: %s", source, exc)
+            continue
+        if found and found[0].strip():
+            return Description(" ".join(found[0].split()), source, found[1])
+    return None
+
+
+def _xmp_description(img: Image.Image) -> tuple[str, str | None] | None:
+    if not any(key in img.info for key in ("xmp", "XML:com.adobe.xmp")) and 700 not in getattr(img, "tag_v2", {}):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns when defusedxml is missing; then there is no XMP
+        xmp = img.getxmp()
+    blocks = xmp.get("xmpmeta", {}).get("RDF", {}).get("Description", [])
+    for block in blocks if isinstance(blocks, list) else [blocks]:
+        value = block.get("description") if isinstance(block, dict) else None
+        if isinstance(value, str):
+            return value, None
+        if isinstance(value, dict):
+            entries = value.get("Alt", {}).get("li", [])
+            entries = entries if isinstance(entries, list) else [entries]
+            entries = [e if isinstance(e, dict) else {"text": e} for e in entries if e]
+            if entries:
+                chosen = next((e for e in entries if e.get("lang") == "x-default"), entries[0])
+                lang = chosen.get("lang")
+                return str(chosen.get("text") or ""), None if lang in (None, "x-default") else str(lang)
+    return None
+
+
+def _iptc_caption(img: Image.Image) -> tuple[str, None] | None:
+    if img.format not in ("JPEG", "TIFF"):
+        return None
+    from PIL import IptcImagePlugin
+
+    info = IptcImagePlugin.getiptcinfo(img) or {}
+    raw = info.get(_IPTC_CAPTION)
+    if isinstance(raw, list):
+        raw = raw[0] if raw else None
+    if not isinstance(raw, bytes):
+        return None
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), None
+
+
+def _exif_description(img: Image.Image) -> tuple[str, None] | None:
+    raw = img.getexif().get(_IMAGE_DESCRIPTION)
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    if not isinstance(raw, str):
+        return None
+    text = raw.strip().rstrip("\x00").strip()
+    return None if text.lower() in _CAMERA_PLACEHOLDERS else (text, None)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from xmodal.media.formats import media_type
+from xmodal.media.formats import TEXT_EXTENSIONS, media_type
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WalkOptions:
     """What to walk: exclude globs (matched against the full path and the name), symbolic links,
-    hidden entries (names starting with '.')."""
+    hidden entries (names starting with '.'), and which extensions are text documents (none: no
+    text is indexed)."""
 
     exclude: tuple[str, ...] = ()
     follow_symlinks: bool = False
     include_hidden: bool = False
+    text_extensions: frozenset[str] = TEXT_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class MediaFile:
     """A media file found by the walk, with the stat the incremental check compares."""
 
     path: str  # absolute, not resolved through links
-    type: str  # "image" | "video"
+    type: str  # "image" | "video" | "text"
     size: int
     mtime_ns: int
 
@@ -73,12 +75,12 @@ def _walk_root(path: str, options: WalkOptions, seen_dirs: set[tuple[int, int]])
     try:
         st = os.stat(path)
     except OSError as exc:
-        yield WalkProblem(path, media_type(path), _reason(exc, path))
+        yield WalkProblem(path, media_type(path, options.text_extensions), _reason(exc, path))
         return
     if stat.S_ISDIR(st.st_mode):
         seen_dirs.add((st.st_dev, st.st_ino))
         yield from _walk_dir(path, options, seen_dirs, ancestors=((st.st_dev, st.st_ino),))
-    elif kind := media_type(path):
+    elif kind := media_type(path, options.text_extensions):
         yield MediaFile(path, kind, st.st_size, st.st_mtime_ns)
 
 
@@ -103,7 +105,7 @@ def _walk_dir(
                 continue
             st = entry.stat(follow_symlinks=True)
         except OSError as exc:
-            yield WalkProblem(entry.path, media_type(entry.path), _reason(exc, entry.path))
+            yield WalkProblem(entry.path, media_type(entry.path, options.text_extensions), _reason(exc, entry.path))
             continue
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
@@ -116,7 +118,7 @@ def _walk_dir(
             else:
                 seen_dirs.add(key)
                 yield from _walk_dir(entry.path, options, seen_dirs, (*ancestors, key))
-        elif stat.S_ISREG(st.st_mode) and (kind := media_type(entry.name)):
+        elif stat.S_ISREG(st.st_mode) and (kind := media_type(entry.name, options.text_extensions)):
             yield MediaFile(entry.path, kind, st.st_size, st.st_mtime_ns)
 
 

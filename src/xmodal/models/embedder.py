@@ -1,5 +1,8 @@
 """The `Embedder` protocol: what the library, the ingest pipeline and the benchmarks need of a model.
 
+Images go in as `preprocess` (decode threads) then `embed_pixels` (batches); documents likewise as
+`text_windows` (decode threads) then `embed_tokens` (batches of windows of many documents).
+
 `Encoder` (ONNX Runtime / OpenVINO graphs of a model folder) is the implementation users have;
 anything else that offers these members (a remote model, a deterministic test model) can index and
 search a library the same way.
@@ -8,12 +11,15 @@ search a library the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from xmodal.media.image import DecodeOptions
+
+if TYPE_CHECKING:
+    from xmodal.models.tokenizer import TokenBatch
 
 
 @runtime_checkable
@@ -38,6 +44,15 @@ class Embedder(Protocol):
 
     def embed_texts(self, texts: Sequence[str], language: str | None = None) -> np.ndarray:
         """Texts -> (N, D) float32 unit rows."""
+        ...
+
+    def text_windows(self, text: str, language: str | None = None, limit: int | None = None) -> TokenBatch:
+        """A document -> the text tower's input for its overlapping context-length windows (the
+        first `limit`), each with its character span in `text`."""
+        ...
+
+    def embed_tokens(self, tokens: TokenBatch) -> np.ndarray:
+        """Windows from `text_windows` (of one or several documents) -> (N, D) float32 unit rows."""
         ...
 
 

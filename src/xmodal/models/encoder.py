@@ -18,7 +18,7 @@ from xmodal.media.image import DecodedImage, DecodeOptions, ImageInput, decode_i
 from xmodal.models.config import ModelConfig
 from xmodal.models.preprocess import ImagePreprocessor
 from xmodal.models.registry import known_models
-from xmodal.models.runtime import EncoderSession, create_session
+from xmodal.models.runtime import NPU_RUNTIMES, EncoderSession, create_session
 from xmodal.models.tokenizer import TextTokenizer, TokenBatch
 from xmodal.parallel import bounded_map
 
@@ -81,6 +81,11 @@ class Encoder:
             digest.update(path.read_bytes() if path.is_file() else b"-")
         for path in (self.config.visual_path, self.config.textual_path):
             digest.update(_file_signature(path))
+        kind, _, soc = self.runtime.partition(":")
+        if kind in NPU_RUNTIMES:  # other embeddings than the ONNX graphs': the NPU graphs' own key
+            from xmodal.models.rknn import graphs_signature
+
+            digest.update(kind.encode() + graphs_signature(folder, soc))
         return f"{self.name}@{self.precision}:{digest.hexdigest()}"
 
     @cached_property
@@ -102,7 +107,8 @@ class Encoder:
         return f"Encoder({self.name!r}, dim={self.dim}, precision={self.precision!r})"
 
     # -- sessions -------------------------------------------------------------------------
-    def _session(self, tower: str) -> EncoderSession:
+    def session(self, tower: str) -> EncoderSession:
+        """The loaded graph of "visual" or "textual" (opened on first use)."""
         with self._lock:
             if tower not in self._sessions:
                 path = self.config.visual_path if tower == "visual" else self.config.textual_path
@@ -110,6 +116,12 @@ class Encoder:
                     path, runtime=self.runtime, precision=self.precision, threads=self.threads
                 )
             return self._sessions[tower]
+
+    def load(self) -> dict[str, Path]:
+        """Open both towers and the tokenizer now rather than on first use (a server's start-up,
+        a load-time measurement); returns the graph file each tower runs (for int8 the quantized copy)."""
+        _ = self.tokenizer
+        return {tower: self.session(tower).path for tower in ("visual", "textual")}
 
     @property
     def tokenizer(self) -> TextTokenizer:
@@ -131,7 +143,7 @@ class Encoder:
         """Preprocessed (N, 3, S, S) batch -> (N, D) unit rows."""
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        session = self._session("visual")
+        session = self.session("visual")
         return l2_normalize(session.run({session.input_names[0]: pixels}))
 
     def embed_images(
@@ -187,11 +199,16 @@ class Encoder:
         """Token ids and attention mask for the textual tower."""
         return self.tokenizer.encode(list(texts), language)
 
+    def text_windows(self, text: str, language: str | None = None, limit: int | None = None) -> TokenBatch:
+        """A document's overlapping context-length windows (the first `limit`) with their
+        character spans, for `embed_tokens` (long_text="window" embeds the same windows)."""
+        return self.tokenizer.encode_windows(text, language, limit)
+
     def embed_tokens(self, tokens: TokenBatch) -> np.ndarray:
         """Tokenized batch -> (N, D) unit rows."""
         if len(tokens) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        session = self._session("textual")
+        session = self.session("textual")
         feeds: dict[str, np.ndarray] = {}
         for name in session.input_names:
             if name in ("text", "input_ids"):
@@ -223,7 +240,7 @@ class Encoder:
             raise InvalidArgumentError("long_text", long_text, LONG_TEXT_MODES)
         texts = list(texts)
         if long_text == "window":
-            rows = [self.embed_tokens(self.tokenizer.encode_windows(t, language)).mean(axis=0) for t in texts]
+            rows = [self.embed_tokens(self.text_windows(t, language)).mean(axis=0) for t in texts]
             return l2_normalize(np.stack(rows)) if rows else np.zeros((0, self.dim), np.float32)
         parts = [
             self.embed_tokens(self.tokenize(texts[i : i + batch_size], language))

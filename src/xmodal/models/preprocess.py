@@ -57,8 +57,17 @@ class ImagePreprocessor:
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         """One RGB image -> (3, size, size) float32."""
-        pixels = np.asarray(resize_for_model(img, self.cfg), dtype=np.float32)
-        return np.ascontiguousarray((pixels * self._scale - self._offset).transpose(2, 0, 1))
+        return self.normalize(np.asarray(resize_for_model(img, self.cfg)))
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Resized uint8 RGB (..., S, S, 3) -> normalized float32 (..., 3, S, S)."""
+        x = np.asarray(pixels, dtype=np.float32) * self._scale - self._offset
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+    def pixels(self, x: np.ndarray) -> np.ndarray:
+        """The inverse of normalize: (..., 3, S, S) float32 -> the uint8 RGB (..., S, S, 3) it came from."""
+        values = (np.moveaxis(np.asarray(x, dtype=np.float32), -3, -1) + self._offset) / self._scale
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
     def batch(self, images: list[Image.Image]) -> np.ndarray:
         """Several RGB images -> (N, 3, size, size) float32."""

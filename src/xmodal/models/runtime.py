@@ -2,7 +2,10 @@
 
 ONNX Runtime is the default (fp32, and int8 through dynamic quantization of a cached copy of the
 graph). OpenVINO, when installed, runs the same ONNX files and uses bf16 on CPUs with AMX/AVX-512
-BF16. Neither needs torch.
+BF16. Neither needs torch. The RKNN runtimes run a tower's Rockchip NPU graph
+(TOWER/rknpu/SOC/model.rknn, see xmodal.models.rknn): "rknn-sim" in Rockchip's simulator (the
+toolkit in its own environment), "rknn" on a board's NPU through rknn-toolkit-lite2; a tower
+without an NPU graph runs on ONNX Runtime, as Immich does.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from xmodal.errors import InvalidArgumentError, ModelFormatError
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "onnxruntime", "openvino")
+RUNTIMES = ("auto", "onnxruntime", "openvino", "rknn-sim", "rknn")
+NPU_RUNTIMES = ("rknn-sim", "rknn")  # also as KIND:SOC, e.g. "rknn-sim:rk3566"
 PRECISIONS = ("fp32", "int8", "bf16")
 
 _ORT_DTYPES = {
@@ -33,6 +37,8 @@ class EncoderSession(Protocol):
     """A loaded graph: named numpy inputs in, one (N, D) float32 output."""
 
     input_names: tuple[str, ...]
+    input_dtypes: dict[str, np.dtype]
+    path: Path  # the graph file the session runs
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
 
@@ -59,14 +65,14 @@ class OnnxRuntimeSession:
             raise ModelFormatError(path, f"not a loadable ONNX model: {_first_line(exc)}") from None
         inputs = self._session.get_inputs()
         self.input_names = tuple(i.name for i in inputs)
-        self._dtypes = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in inputs}
+        self.input_dtypes = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in inputs}
         self._batch_one = any(i.shape and i.shape[0] == 1 for i in inputs)
         outputs = [o.name for o in self._session.get_outputs()]
         self._output = "embedding" if "embedding" in outputs else outputs[0]
         self.path = path
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        feeds = {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in feeds.items()}
+        feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in feeds.items()}
         n = len(next(iter(feeds.values())))
         if self._batch_one and n > 1:
             rows = [self._run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(n)]
@@ -98,16 +104,17 @@ class OpenVinoSession:
         except Exception as exc:  # openvino raises RuntimeError with long multi-line messages
             raise ModelFormatError(path, f"OpenVINO cannot load it: {_first_line(exc)}") from None
         self.input_names = tuple(_port_name(p) for p in self._compiled.inputs)
-        self._dtypes = {_port_name(p): np.dtype(p.get_element_type().to_dtype()) for p in self._compiled.inputs}
+        self.input_dtypes = {_port_name(p): np.dtype(p.get_element_type().to_dtype()) for p in self._compiled.inputs}
         names = [_port_name(p) for p in self._compiled.outputs]
         self._output = self._compiled.outputs[names.index("embedding") if "embedding" in names else 0]
         self._local = threading.local()
+        self.path = path
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         request = getattr(self._local, "request", None)
         if request is None:  # one infer request per thread: requests are not thread-safe
             request = self._local.request = self._compiled.create_infer_request()
-        feeds = {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in feeds.items()}
+        feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in feeds.items()}
         out = request.infer(feeds)[self._output]
         return np.asarray(out, dtype=np.float32).reshape(len(out), -1)
 
@@ -126,8 +133,125 @@ def _ort_providers(ort) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+class RknnSession:
+    """A tower's RKNN graph, fed like its ONNX graph: normalized images become the uint8 pixels a
+    graph with folded mean/std takes; rows are run one at a time (the graphs have batch 1)."""
+
+    def __init__(self, onnx_path: Path, report):
+        from xmodal.models.config import PreprocessCfg
+        from xmodal.models.preprocess import ImagePreprocessor
+
+        self.report, self.settings = report, report.build
+        self.path = onnx_path.parent / "rknpu" / report.soc / "model.rknn"
+        self.input_names = tuple(self.settings.inputs)
+        visual = self.settings.data_format is not None
+        self.input_dtypes = {
+            n: np.dtype(np.float32 if visual else d)
+            for n, d in zip(self.input_names, self.settings.dtypes, strict=True)
+        }
+        folded = self.settings.folded
+        self._pixels = (
+            ImagePreprocessor(PreprocessCfg(mean=self.settings.mean, std=self.settings.std)) if folded else None
+        )
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        from xmodal.models.rknn import npu_image_input
+
+        if self.settings.data_format is not None:
+            batch = [npu_image_input(self.settings, feeds[self.input_names[0]], preprocess=self._pixels)]
+        else:
+            batch = [np.ascontiguousarray(feeds[n], dtype=self.input_dtypes[n]) for n in self.input_names]
+        return np.asarray(self._infer(batch), dtype=np.float32).reshape(len(batch[0]), -1)
+
+    def _infer(self, batch: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RknnSimulatorSession(RknnSession):
+    """The graph rebuilt from the tower's ONNX file with the report's exact settings (and int8
+    calibration samples) in Rockchip's simulator, which cannot load .rknn files itself."""
+
+    def __init__(self, onnx_path: Path, report):
+        from xmodal.models.rknn import CALIBRATION_FILE, file_sha256
+        from xmodal.models.rknn_toolkit import shared_worker, toolkit_python
+
+        super().__init__(onnx_path, report)
+        calibration: list[np.ndarray] = []
+        if report.calibration:
+            path = self.path.with_name(CALIBRATION_FILE)
+            if not path.is_file() or file_sha256(path) != report.calibration.get("sha256"):
+                raise ModelFormatError(path, "missing or not the calibration set the RKNN graph was built with")
+            with np.load(path) as data:
+                calibration = [data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[-1]))]
+        log.info("building %s in the RKNN simulator (%s, %s)", self.path, report.soc, report.precision)
+        self._worker = shared_worker(toolkit_python())
+        reply, _ = self._worker.request(self.settings.request(onnx_path), calibration)
+        self._handle = reply["handle"]
+
+    def _infer(self, batch: list[np.ndarray]) -> np.ndarray:
+        header = {"op": "run", "handle": self._handle, "data_format": self.settings.data_format}
+        return self._worker.request(header, batch)[1][0]
+
+    def __del__(self) -> None:
+        try:  # frees the simulator's copy of the graph; the worker may already be gone at exit
+            self._worker.request({"op": "release", "handle": self._handle})
+        except Exception:
+            pass
+
+
+class RknnBoardSession(RknnSession):
+    """The .rknn file on the NPU of the Rockchip board this runs on, through rknn-toolkit-lite2."""
+
+    def __init__(self, onnx_path: Path, report):
+        super().__init__(onnx_path, report)
+        try:
+            from rknnlite.api import RKNNLite
+        except ImportError:
+            raise InvalidArgumentError(
+                "runtime", "rknn", "rknn-toolkit-lite2 on the board (pip install rknn-toolkit-lite2)"
+            ) from None
+        self._lite = RKNNLite()
+        if self._lite.load_rknn(str(self.path)) != 0:
+            raise ModelFormatError(self.path, "rknn-toolkit-lite2 cannot load it")
+        multi_core = report.soc in ("rk3588", "rk3576")  # the SoCs with several NPU cores
+        code = self._lite.init_runtime(core_mask=RKNNLite.NPU_CORE_AUTO) if multi_core else self._lite.init_runtime()
+        if code != 0:
+            raise ModelFormatError(self.path, f"the NPU runtime did not start (code {code}); is this an {report.soc}?")
+        self._lock = threading.Lock()
+
+    def _infer(self, batch: list[np.ndarray]) -> np.ndarray:
+        rows = []
+        with self._lock:
+            for i in range(len(batch[0])):
+                out = self._lite.inference(inputs=[b[i : i + 1] for b in batch], data_format=self.settings.data_format)
+                if out is None:
+                    raise ModelFormatError(self.path, "NPU inference failed")
+                rows.append(np.asarray(out[0], dtype=np.float32).reshape(1, -1))
+        return np.concatenate(rows)
+
+
+def npu_session(path: Path, runtime: str, threads: int | None = None) -> EncoderSession:
+    """The RKNN graph of the tower `path` for runtime KIND:SOC, or its ONNX graph when the tower
+    has none (the report says why)."""
+    from xmodal.models.rknn import RKNN_FILE, file_sha256, read_report, rknn_dir
+
+    kind, _, soc = runtime.partition(":")
+    report = read_report(path, soc)
+    if report is None or not report.written or not (rknn_dir(path, soc) / RKNN_FILE).is_file():
+        why = "never converted" if report is None else "; ".join(report.reasons) or "no model.rknn"
+        log.warning("%s: no RKNN graph for %s (%s); it runs on ONNX Runtime", path.parent.name, soc, why)
+        return OnnxRuntimeSession(path, threads)
+    if file_sha256(path) != report.onnx_sha256:
+        raise ModelFormatError(
+            rknn_dir(path, soc) / RKNN_FILE, f"was converted from another {path.name}; convert it again"
+        )
+    return RknnSimulatorSession(path, report) if kind == "rknn-sim" else RknnBoardSession(path, report)
+
+
 def create_session(path: Path, *, runtime: str, precision: str, threads: int | None = None) -> EncoderSession:
     """Open `path` with the runtime and precision asked for; the one place runtimes are chosen."""
+    if runtime.partition(":")[0] in NPU_RUNTIMES:
+        return npu_session(path, runtime, threads)
     if precision not in PRECISIONS:
         raise InvalidArgumentError("precision", precision, PRECISIONS)
     if runtime not in RUNTIMES:

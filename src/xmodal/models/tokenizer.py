@@ -28,10 +28,12 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 @dataclass
 class TokenBatch:
-    """Padded token ids and attention mask, both int64 (N, context_length)."""
+    """Padded token ids and attention mask, both int64 (N, context_length); for the windows of one
+    text, `spans` gives each row's [start, end) character offsets in the text as it was given."""
 
     ids: np.ndarray
     attention_mask: np.ndarray
+    spans: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -46,6 +48,31 @@ def clean_text(text: str, mode: str) -> str:
     elif mode == "lower":
         text = text.lower()
     return " ".join(text.split())
+
+
+def clean_with_positions(text: str, mode: str) -> tuple[str, list[int]]:
+    """`clean_text(text, mode)` and, for each of its characters, the index in `text` it came from
+    (so spans found in the cleaned text can be reported in the original one)."""
+    if mode == "none":
+        return text, list(range(len(text)))
+    chars = list(zip(text, range(len(text)), strict=True))
+    if mode == "canonicalize":
+        chars = [(" " if ch == "_" else ch, i) for ch, i in chars if ch == "_" or ch not in string.punctuation]
+    if mode in ("canonicalize", "lower"):
+        kept = "".join(ch for ch, _ in chars)
+        lowered = kept.lower()  # as a whole: a word-final sigma lowers unlike a lone one
+        origin = [i for ch, i in chars for _ in ch.lower()]  # 'İ' lowers into two characters
+        chars = list(zip(lowered, origin, strict=True))
+    out: list[tuple[str, int]] = []
+    for ch, i in chars:
+        if ch.isspace():
+            if out and not out[-1][0].isspace():
+                out.append((" ", i))
+        else:
+            out.append((ch, i))
+    if out and out[-1][0] == " ":
+        out.pop()
+    return "".join(ch for ch, _ in out), [i for _, i in out]
 
 
 @lru_cache(maxsize=1)
@@ -110,10 +137,18 @@ class TextTokenizer:
         """Tokenize, truncate (keeping special tokens) and pad every text to context_length."""
         return self._pad(self._tok.encode_batch([self._prepare(t, language) for t in texts]))
 
-    def encode_windows(self, text: str, language: str | None = None) -> TokenBatch:
-        """All context_length windows of one long text, overlapping by a quarter (long_text='window')."""
-        first = self._windows.encode(self._prepare(text, language))
-        return self._pad([first, *first.overflowing])
+    def encode_windows(self, text: str, language: str | None = None, limit: int | None = None) -> TokenBatch:
+        """The context_length windows of one long text (the first `limit` of them), overlapping by
+        a quarter (long_text='window'), with each window's character span in `text`."""
+        if not isinstance(text, str):
+            raise InvalidArgumentError("text", text, "a str")
+        cleaned, positions = clean_with_positions(text, self.cfg.clean)
+        prefix = flores_code(language) if self.is_multilingual_nllb else ""
+        first = self._windows.encode(prefix + cleaned)
+        windows = [first, *first.overflowing][:limit]
+        batch = self._pad(windows)
+        batch.spans = [_trimmed(text, *_span(w, len(prefix), positions)) for w in windows]
+        return batch
 
     def _pad(self, encodings: list[Encoding]) -> TokenBatch:
         n, length = len(encodings), self.context_length
@@ -124,3 +159,41 @@ class TextTokenizer:
             ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
         return TokenBatch(ids, mask)
+
+
+def concat_batches(batches: list[TokenBatch]) -> TokenBatch:
+    """One batch of the rows of several (windows of many documents embedded in one model call)."""
+    spans = [span for b in batches for span in (b.spans or [(0, 0)] * len(b))]
+    return TokenBatch(
+        np.concatenate([b.ids for b in batches]), np.concatenate([b.attention_mask for b in batches]), spans
+    )
+
+
+def known_language(language: str | None) -> str | None:
+    """`language` when it maps to a FLORES-200 code NLLB models know, else None (the default)."""
+    try:
+        return language if language and flores_code(language) else None
+    except InvalidArgumentError:
+        return None
+
+
+def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
+    """A span without the whitespace a token's offset may start with."""
+    while start < end and text[start].isspace():
+        start += 1
+    return start, end
+
+
+def _span(window: Encoding, skip: int, positions: list[int]) -> tuple[int, int]:
+    """A window's [start, end) in the original text: its non-special tokens' offsets in the
+    prepared text (after `skip` prefix characters) mapped through `positions`."""
+    offsets = [
+        (a - skip, b - skip)
+        for (a, b), special in zip(window.offsets, window.special_tokens_mask, strict=True)
+        if not special and b > a and b > skip
+    ]
+    if not offsets or not positions:
+        return (0, 0)
+    start = positions[min(max(0, offsets[0][0]), len(positions) - 1)]
+    end = positions[min(offsets[-1][1], len(positions)) - 1] + 1
+    return start, end

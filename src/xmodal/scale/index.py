@@ -56,7 +56,17 @@ from xmodal.scale.shards import (
     write_atomic,
     write_json_atomic,
 )
-from xmodal.search import Hit, QueryTerm, SearchResults, check_k, parse_query, query_vector
+from xmodal.search import (
+    Hit,
+    MinScore,
+    QueryTerm,
+    SearchResults,
+    check_k,
+    floors_for,
+    parse_query,
+    query_modality,
+    query_vector,
+)
 from xmodal.store.index.faiss_ann import FaissIndex
 from xmodal.store.index.tune import held_out_queries, tune_index
 
@@ -346,10 +356,12 @@ def search_embeddings(
     k: int = 10,
     *,
     language: str | None = None,
+    min_score: MinScore = None,
 ) -> SearchResults:
     """Rank an embeddings folder's images against a text and/or example image query (terms
-    combine as in library search: "beach + ./ref.jpg - people"); the same SearchResults as
-    `Library.search`, so every output format and the HTTP layer serve it alike."""
+    combine as in library search: "beach + ./ref.jpg - people") above the same score floors as
+    `Library.search` (`min_score` overrides them); the same SearchResults, so every output format
+    and the HTTP layer serve it alike."""
     if not same_model(encoder.model_key, index.manifest["model"]["key"]):
         raise InvalidArgumentError(
             "--model", encoder.name, f"the model the folder was embedded with ({index.manifest['model']['name']})"
@@ -361,13 +373,18 @@ def search_embeddings(
     if any(t.kind == "item" for t in terms):
         raise InvalidArgumentError("query", text, "text and image terms (item ids belong to libraries)")
     vector = query_vector(terms, encoder, lambda _: np.empty(0), language)
+    floors = floors_for(encoder.name, encoder.family, query_modality(terms), min_score)
     scores, ids = index.search(vector[None, :], min(k, len(index)))
     found = ids[0] >= 0
     scores, ids = scores[0][found], ids[0][found]
+    best = float(scores[0]) if len(scores) else None
+    floor = floors.get("image")
+    if floor is not None:
+        kept = scores >= floor
+        scores, ids = scores[kept], ids[kept]
     hits = []
     for rank, (score, item, row) in enumerate(zip(scores, ids, index.metadata(ids), strict=True), start=1):
         taken = datetime.fromtimestamp(row["taken_at"]) if row.get("taken_at") is not None else None
         path = os.fsdecode(row["path_bytes"])
         hits.append(Hit(rank, int(item), path, "image", float(score), float(score), taken))
-    best = float(scores[0]) if len(scores) else None
-    return SearchResults(hits, None, best, index.manifest["model"]["name"])
+    return SearchResults(hits, floor, best, index.manifest["model"]["name"], floors)

@@ -12,7 +12,6 @@ import logging
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -24,13 +23,24 @@ from starlette.middleware.cors import CORSMiddleware
 
 from xmodal import __version__
 from xmodal import settings as settings_module
-from xmodal.errors import InvalidArgumentError, MediaError, ModelNotFoundError, XmodalError
-from xmodal.serve import immich
+from xmodal.errors import (
+    DiskFullError,
+    InvalidArgumentError,
+    LibraryBusyError,
+    LibraryError,
+    LibraryNotFoundError,
+    MediaError,
+    ModelNotFoundError,
+    XmodalError,
+)
+from xmodal.library import Library
+from xmodal.serve import immich, library_api
 from xmodal.serve.limits import BodyLimitMiddleware
 from xmodal.serve.metrics import MetricsMiddleware
-from xmodal.serve.schemas import Health, ModelInfo, ModelsResponse, ServerInfo, SessionRequest
+from xmodal.serve.schemas import MAX_HTTP_RESULTS, Health, ModelInfo, ModelsResponse, ServerInfo, SessionRequest
 from xmodal.serve.security import COOKIE_NAME, SecurityHeadersMiddleware, key_matches, require_api_key
 from xmodal.serve.state import ServeState
+from xmodal.serve.thumbnails import THUMBNAIL_SIZES
 from xmodal.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,11 +56,16 @@ _ERROR_STATUS: tuple[tuple[type[XmodalError], int], ...] = (
     (ModelNotFoundError, 404),
     (InvalidArgumentError, 422),
     (MediaError, 422),
+    (DiskFullError, 507),
+    (LibraryBusyError, 409),
+    (LibraryNotFoundError, 503),
+    (LibraryError, 409),
 )
 
 
-def create_app(settings: Settings | None = None, library: Any | None = None) -> FastAPI:
-    """The server for `settings` (default: the process's); `library` None serves machine learning only."""
+def create_app(settings: Settings | None = None, library: Library | None = None) -> FastAPI:
+    """The server for `settings` (default: the process's) and `library` (shared by every request
+    thread; the caller closes it); None serves machine learning only."""
     state = ServeState(settings or settings_module.current(), library)
     app = FastAPI(
         title="xmodal",
@@ -64,6 +79,7 @@ def create_app(settings: Settings | None = None, library: Any | None = None) -> 
     app.state.xmodal = state
     app.include_router(immich.public)
     app.include_router(immich.router)
+    app.include_router(library_api.router)
     _add_service_routes(app)
     _add_page(app)
     _add_error_handlers(app)
@@ -90,6 +106,8 @@ async def _lifespan(app: FastAPI):
         for source in state.settings.preload:
             name = await state.run(state.models.preload, source, timeout=False)
             log.info("preloaded %s (served as %s)", source, name)
+        if state.library is not None:
+            await state.run(_warm_up, state.library, timeout=False)
         if state.settings.model_ttl > 0:
             sweeper = asyncio.create_task(_unload_idle_models(state))
         yield
@@ -97,6 +115,17 @@ async def _lifespan(app: FastAPI):
         if sweeper is not None:
             sweeper.cancel()
         state.stop()
+
+
+def _warm_up(library: Library) -> None:
+    """Load the library's model before the first search needs it; a library that cannot search yet
+    (no model, a model folder gone) is served anyway, and its searches say why."""
+    try:
+        encoder = library.encoder()
+    except XmodalError as exc:
+        log.warning("%s: searches will fail until this is fixed: %s", library.folder, exc)
+        return
+    log.info("serving library %s with model %s", library.folder, encoder.name)
 
 
 async def _unload_idle_models(state: ServeState) -> None:
@@ -116,13 +145,17 @@ def _add_service_routes(app: FastAPI) -> None:
 
     @app.get("/metrics", tags=["service"], summary="Prometheus metrics", dependencies=protected)
     async def metrics() -> Response:
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # Off the event loop: collecting reads the library's catalog.
+        body = await state.run(generate_latest, state.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/info", response_model=ServerInfo, tags=["service"], dependencies=protected)
     async def info() -> ServerInfo:
         return ServerInfo(
             version=__version__,
             library=state.library is not None,
+            max_results=MAX_HTTP_RESULTS,
+            thumbnail_sizes=list(THUMBNAIL_SIZES),
             auth=bool(state.settings.api_key),
             max_upload_bytes=state.settings.max_upload_bytes,
             max_query_chars=state.settings.max_query_chars,

@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from xmodal.errors import InvalidArgumentError, MediaError
 from xmodal.media.image import decode_image
-from xmodal.serve.multipart import Part, read_form
+from xmodal.serve.multipart import Part, multipart_body, read_form
 from xmodal.serve.schemas import ErrorResponse, ImmichClipResponse, ImmichModelEntry, ImmichTextualOptions
 from xmodal.serve.security import require_api_key
 from xmodal.serve.state import ServeState
@@ -37,28 +37,18 @@ _entries_adapter = TypeAdapter(dict[str, dict[str, ImmichModelEntry]])
 public = APIRouter(tags=["immich"])
 router = APIRouter(tags=["immich"], dependencies=[Depends(require_api_key)])
 
-_PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["entries"],
-                    "properties": {
-                        "entries": {
-                            "type": "string",
-                            "description": 'JSON: {"clip": {"textual"|"visual": {"modelName": NAME, "options": {...}}}}',
-                            "example": '{"clip":{"textual":{"modelName":"xmodal-tiny-shapes","options":{}}}}',
-                        },
-                        "text": {"type": "string", "description": "The text to embed (textual)"},
-                        "image": {"type": "string", "format": "binary", "description": "The image to embed (visual)"},
-                    },
-                }
-            }
+_PREDICT_BODY = multipart_body(
+    {
+        "entries": {
+            "type": "string",
+            "description": 'JSON: {"clip": {"textual"|"visual": {"modelName": NAME, "options": {...}}}}',
+            "example": '{"clip":{"textual":{"modelName":"xmodal-tiny-shapes","options":{}}}}',
         },
-    }
-}
+        "text": {"type": "string", "description": "The text to embed (textual)"},
+        "image": {"type": "string", "format": "binary", "description": "The image to embed (visual)"},
+    },
+    required=("entries",),
+)
 
 
 @public.get("/ping", response_class=PlainTextResponse, summary="Liveness check Immich polls")

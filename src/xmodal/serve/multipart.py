@@ -56,6 +56,15 @@ async def read_form(request: Request) -> dict[str, Part]:
     return collector.parts
 
 
+def multipart_body(properties: dict[str, dict], required: tuple[str, ...] = ()) -> dict:
+    """OpenAPI `openapi_extra` describing a multipart/form-data body read with `read_form` (FastAPI
+    cannot see fields a handler parses itself)."""
+    schema: dict = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
 class _Collector:
     """python-multipart callbacks that gather parts (names, headers, data)."""
 

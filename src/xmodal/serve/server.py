@@ -8,9 +8,23 @@ import uvicorn
 from fastapi import FastAPI
 
 from xmodal.errors import XmodalError
+from xmodal.library import Library
 from xmodal.serve.app import create_app
 from xmodal.serve.security import check_bind
 from xmodal.settings import Settings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app when shutdown begins: uvicorn waits for open responses
+    before the app's own shutdown runs, and event streams would otherwise hold it up."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI):
+        super().__init__(config)
+        self.app_state = app.state.xmodal
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.app_state.closing.set()
+        await super().shutdown(sockets)
 
 
 def make_server(app: FastAPI, settings: Settings, **config: Any) -> uvicorn.Server:
@@ -24,10 +38,10 @@ def make_server(app: FastAPI, settings: Settings, **config: Any) -> uvicorn.Serv
         "timeout_graceful_shutdown": 10,
         "log_level": "info",
     }
-    return uvicorn.Server(uvicorn.Config(app, **(options | config)))
+    return _Server(uvicorn.Config(app, **(options | config)), app)
 
 
-def run_server(settings: Settings, library: Any | None = None) -> None:
+def run_server(settings: Settings, library: Library | None = None) -> None:
     """Serve until interrupted; refuses an unsafe bind and unknown preload names before listening."""
     check_bind(settings)
     app = create_app(settings, library)

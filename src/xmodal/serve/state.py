@@ -1,4 +1,5 @@
-"""What one server holds while it runs: settings, models, metrics, the inference thread pool."""
+"""What one server holds while it runs: settings, models, metrics, the inference thread pool, and
+when it serves a library: the library, its thumbnails and its index runs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from typing import Any, TypeVar
 
 from fastapi import HTTPException
 
+from xmodal.library import Library
+from xmodal.serve.indexing import IndexRuns, IndexRunState
 from xmodal.serve.metrics import Metrics
 from xmodal.serve.model_cache import ModelCache
+from xmodal.serve.thumbnails import FOLDER as THUMBNAILS_FOLDER
+from xmodal.serve.thumbnails import ThumbnailCache
 from xmodal.settings import Settings
 
 T = TypeVar("T")
@@ -31,13 +36,25 @@ class ServeState:
     """Kept in `app.state.xmodal`; the thread pool exists between the app's start and stop."""
 
     settings: Settings
-    library: Any | None
+    library: Library | None
     metrics: Metrics = field(default_factory=Metrics)
     models: ModelCache = field(init=False)
+    thumbnails: ThumbnailCache | None = field(init=False, default=None)
+    index_runs: IndexRuns | None = field(init=False, default=None)
     pool: ThreadPoolExecutor | None = None
+    # Set when the server begins to shut down: long answers (event streams) end so it can.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.models = ModelCache(self.settings.model_ttl, on_change=self.metrics.model_changed)
+        if self.library is not None:
+            self.thumbnails = ThumbnailCache(self.library.folder / THUMBNAILS_FOLDER)
+            self.index_runs = IndexRuns(self.library, self.settings, on_change=self._index_changed)
+            self.metrics.watch_library(lambda: self.library.catalog.counts())
+            self._index_changed(self.index_runs.state)
+
+    def _index_changed(self, run: IndexRunState) -> None:
+        self.metrics.index_changed(run.state, run.done, run.total)
 
     @property
     def threads(self) -> int:
@@ -47,10 +64,19 @@ class ServeState:
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="xmodal-serve")
 
     def stop(self) -> None:
+        if self.index_runs is not None:
+            self.index_runs.stop()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
         self.models.clear()
+
+    async def wait_closing(self, seconds: float) -> None:
+        """Sleep up to `seconds`, less if the server begins to shut down meanwhile."""
+        try:
+            await asyncio.wait_for(self.closing.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def run(self, fn: Callable[..., T], *args: Any, timeout: bool = True) -> T:
         """Run blocking work (decoding, inference, catalog reads) on the pool, never on the event

@@ -33,9 +33,11 @@ from urllib.parse import quote
 import numpy as np
 
 from xmodal.errors import DiskFullError, LibraryError, LibraryNotFoundError
+from xmodal.media.formats import CAPTION_EXTENSIONS, caption_key, extension
 from xmodal.store.embeddings import EmbeddingStore
 from xmodal.store.schema import MIGRATIONS, VERSION
 from xmodal.store.sql import select_in
+from xmodal.store.tags import TagStore
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +109,13 @@ class ItemUpdate:
 
 @dataclass(frozen=True)
 class Segment:
-    """A part of an item with its own vector: a video moment (seconds) or a text window (characters)."""
+    """A part of an item with its own vector: a video moment (seconds) or a text window
+    (characters), with a text window's words (what a hit shows as its snippet)."""
 
     start: float
     end: float
     vector: np.ndarray
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,7 @@ class Catalog:
             self.conn.close()
             raise
         self.embeddings = EmbeddingStore(self.conn, create=False)
+        self.tags = TagStore(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -270,14 +275,11 @@ class Catalog:
     # -- transactions -----------------------------------------------------------------------
     @contextmanager
     def transaction(self, bump: bool = True) -> Iterator[int]:
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); yields the revision rows written in it
-        should carry (-1 when `bump` is off: for writes that change no item). A full disk raises
-        DiskFullError; what was committed before stays."""
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error or interruption, wherever it lands); yields
+        the revision rows written in it should carry (-1 when `bump` is off: for writes that change
+        no item). A full disk raises DiskFullError; what was committed before stays."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise _operational(self.path, exc) from None
-        try:
             revision = self.revision() + 1 if bump else -1
             if bump:
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (str(revision),))
@@ -296,15 +298,16 @@ class Catalog:
     @contextmanager
     def read(self) -> Iterator[Catalog]:
         """A consistent view for several queries (one read transaction; the writer is not blocked)."""
-        if self._depth == 0:
-            self.conn.execute("BEGIN")
-            self.conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()  # pins the snapshot
+        began = self._depth == 0 and not self.conn.in_transaction  # inside a write transaction: its view
         self._depth += 1
         try:
+            if began:
+                self.conn.execute("BEGIN")
+                self.conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()  # pins the snapshot
             yield self
         finally:
             self._depth -= 1
-            if self._depth == 0 and self.conn.in_transaction:
+            if began and self.conn.in_transaction:
                 self.conn.execute("COMMIT")
 
     # -- identity ---------------------------------------------------------------------------
@@ -345,6 +348,24 @@ class Catalog:
     def items_by_id(self, ids: Iterable[int]) -> dict[int, ItemRecord]:
         rows = select_in(self.conn, f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({{marks}})", map(int, ids))
         return {row[0]: ItemRecord.from_row(row) for row in rows}
+
+    def caption_group(self, path: str) -> list[ItemRecord]:
+        """The indexed items sharing `path`'s caption key: a photo and its caption files
+        (IMG_1.jpg, IMG_1.txt, IMG_1.jpg.caption), `path` itself included when indexed."""
+        key = caption_key(path)
+        if key is None:
+            return []
+        prefix = encode_path(key) + b"."
+        rows = self.conn.execute(
+            f"SELECT {_ITEM_COLUMNS} FROM items WHERE path >= ? AND path < ? AND status = 'ok'",
+            (prefix, prefix[:-1] + b"/"),
+        )
+        return [r for r in map(ItemRecord.from_row, rows) if caption_key(r.path) == key]
+
+    def caption_files(self) -> list[ItemRecord]:
+        """Indexed text items named like caption files (.txt, .caption), by id."""
+        rows = self.conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE status = 'ok' AND type = 'text' ORDER BY id")
+        return [r for r in map(ItemRecord.from_row, rows) if extension(r.path) in CAPTION_EXTENSIONS]
 
     def item_by_path(self, path: str) -> ItemRecord | None:
         row = self.conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ?", (encode_path(path),)).fetchone()
@@ -408,8 +429,10 @@ class Catalog:
         after: float | None = None,
         before: float | None = None,
         model_key: str | None = None,
+        tags: Sequence[str] = (),
     ) -> np.ndarray:
-        """Ids of indexed items (with an embedding of `model_key` when given) matching the filters."""
+        """Ids of indexed items (with an embedding of `model_key` when given) matching the filters
+        (every one of `tags`, when given)."""
         sql = ["SELECT i.id FROM items i"]
         args: list = []
         if model_key is not None:
@@ -424,6 +447,9 @@ class Catalog:
             if value is not None:
                 sql.append(f"AND {clause}")
                 args.append(value)
+        for label in tags:
+            sql.append("AND i.content_hash IN (SELECT content_hash FROM tags WHERE label = ?)")
+            args.append(label)
         rows = self.conn.execute(" ".join(sql) + " ORDER BY i.id", args)
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
@@ -463,11 +489,25 @@ class Catalog:
     def segments(self, model_key: str, content_hash: str) -> list[Segment]:
         """The segments of one content (a video's moments, a document's windows), in order."""
         rows = self.conn.execute(
-            "SELECT span_start, span_end, vector FROM segments WHERE model_key = ? AND content_hash = ? "
+            "SELECT span_start, span_end, vector, text FROM segments WHERE model_key = ? AND content_hash = ? "
             "ORDER BY ordinal",
             (model_key, content_hash),
         )
-        return [Segment(a, b, np.frombuffer(v, dtype=np.float32)) for a, b, v in rows]
+        return [Segment(a, b, np.frombuffer(v, dtype=np.float32), t) for a, b, v, t in rows]
+
+    def segments_of(self, model_key: str, hashes: Iterable[str]) -> dict[str, list[Segment]]:
+        """The segments of several contents (those that have any), each in order."""
+        out: dict[str, list[Segment]] = {}
+        rows = select_in(
+            self.conn,
+            "SELECT content_hash, ordinal, span_start, span_end, vector, text FROM segments "
+            "WHERE model_key = ? AND content_hash IN ({marks})",
+            hashes,
+            (model_key,),
+        )
+        for digest, _, a, b, v, t in sorted(rows, key=lambda r: (r[0], r[1])):
+            out.setdefault(digest, []).append(Segment(a, b, np.frombuffer(v, dtype=np.float32), t))
+        return out
 
     def put_segments(self, model_key: str, content_hash: str, segments: Sequence[Segment]) -> None:
         """Replace the segments of one content (call inside `transaction()`)."""
@@ -475,12 +515,30 @@ class Catalog:
             raise LibraryError(f"{content_hash}: {len(segments)} segments, at most {MAX_SEGMENTS} are stored")
         self.conn.execute("DELETE FROM segments WHERE model_key = ? AND content_hash = ?", (model_key, content_hash))
         self.conn.executemany(
-            "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO segments (model_key, content_hash, ordinal, span_start, span_end, vector, text) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (model_key, content_hash, n, float(s.start), float(s.end), np.asarray(s.vector, np.float32).tobytes())
+                (
+                    model_key,
+                    content_hash,
+                    n,
+                    float(s.start),
+                    float(s.end),
+                    np.asarray(s.vector, np.float32).tobytes(),
+                    s.text,
+                )
                 for n, s in enumerate(segments, start=1)
             ],
         )
+
+    def description_vectors(self, model_key: str, limit: int) -> np.ndarray:
+        """Up to `limit` vectors of the descriptions photos carry (their segments), float32 (n, D)."""
+        rows = self.conn.execute(
+            "SELECT s.vector FROM items i JOIN segments s ON s.content_hash = i.content_hash AND s.model_key = ? "
+            "WHERE i.status = 'ok' AND i.type = 'image' ORDER BY i.id LIMIT ?",
+            (model_key, int(limit)),
+        ).fetchall()
+        return _stack([(0, blob) for (blob,) in rows], self._dim(model_key, rows))[1]
 
     def changed_since(self, revision: int) -> np.ndarray:
         """Ids of rows written after `revision`."""
@@ -497,7 +555,8 @@ class Catalog:
         went (they are kept until then so moves and re-added folders cost no model work)."""
         unreferenced = "WHERE content_hash NOT IN (SELECT content_hash FROM items WHERE content_hash IS NOT NULL)"
         with self.transaction(bump=False):
-            self.conn.execute(f"DELETE FROM segments {unreferenced}")
+            for table in ("segments", "tags", "tagged"):
+                self.conn.execute(f"DELETE FROM {table} {unreferenced}")
             return self.conn.execute(f"DELETE FROM embeddings {unreferenced}").rowcount
 
     def _dim(self, model_key: str, rows: Sequence) -> int:

@@ -51,7 +51,7 @@ class WriterLock:
             reason = exc.strerror or str(exc)
             raise LibraryError(f"{self.folder}: cannot be written ({reason}); it can only be searched") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            _lock_exclusive(fd, wait)
         except BlockingIOError:
             holder = describe_holder(fd)
             os.close(fd)
@@ -83,6 +83,22 @@ class WriterLock:
             yield self
         finally:
             self.release()
+
+
+def _lock_exclusive(fd: int, wait: bool) -> None:
+    """flock(LOCK_EX); without `wait`, a few quick retries first: `Library.writer()` probes with a
+    shared lock held for microseconds, which must not turn a starting writer away."""
+    if wait:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    for delay in (0.005, 0.02, 0.05, None):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if delay is None:
+                raise
+            time.sleep(delay)
 
 
 def _write_holder(fd: int) -> None:

@@ -3,7 +3,10 @@ transaction by `Catalog` (a newer database than VERSION is refused, never altere
 
 Version 2 adds the catalog's identity (a UUID and a random token per revision, which saved indexes
 carry), video/text segments, per-video metadata, indexed roots that can be offline, and a log of
-deleted item ids so indexes catch up without a full rebuild.
+deleted item ids so indexes catch up without a full rebuild. Version 3 adds the words of text
+segments (the snippet a hit shows) and zero-shot tags: tagging runs (model, vocabulary, the
+thresholds used), which contents a run has tagged, and the tags themselves, all keyed by content
+like embeddings (a moved or copied photo keeps its tags).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 from xmodal.store.embeddings import SCHEMA as EMBEDDINGS_SCHEMA
 
-VERSION = 2
+VERSION = 3
 _V1 = """
 CREATE TABLE items (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,6 +88,34 @@ CREATE TABLE revisions (revision INTEGER PRIMARY KEY, token TEXT NOT NULL, at RE
 )
 
 
+_V3 = """
+ALTER TABLE segments ADD COLUMN text TEXT;
+CREATE TABLE tag_runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_key   TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    vocabulary  TEXT NOT NULL,
+    thresholds  TEXT NOT NULL,
+    calibrated_on INTEGER NOT NULL,
+    started_at  REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE tagged (
+    content_hash TEXT PRIMARY KEY,
+    run          INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE tags (
+    content_hash TEXT NOT NULL,
+    label        TEXT NOT NULL,
+    score        REAL NOT NULL,
+    confidence   REAL NOT NULL,
+    run          INTEGER NOT NULL,
+    PRIMARY KEY (content_hash, label)
+) WITHOUT ROWID;
+CREATE INDEX tags_label ON tags (label);
+"""
+
+
 def _new_identity(conn: sqlite3.Connection) -> None:
     """A UUID for the catalog and a token for the revision it is at (a migrated one keeps its revision)."""
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('uuid', ?)", (str(uuid.uuid4()),))
@@ -110,4 +141,5 @@ MIGRATIONS: tuple[Migration, ...] = (
         _V2,
         _new_identity,
     ),
+    Migration(3, "words of text segments, zero-shot tags", _V3),
 )

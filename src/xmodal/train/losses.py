@@ -1,5 +1,5 @@
 """Contrastive losses for dual encoders: CLIP's InfoNCE with a learnable temperature and SigLIP's
-sigmoid loss with a learnable bias, plus an optional modal-mean regularizer (pulls the image and text embedding means together)."""
+sigmoid loss with a learnable bias, plus an optional modal-mean regularizer."""
 
 from __future__ import annotations
 

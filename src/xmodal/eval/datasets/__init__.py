@@ -1,7 +1,8 @@
 """Retrieval dataset readers: one per format, all returning a `RetrievalDataset`.
 
 A dataset is named `FORMAT:PATH` (e.g. `karpathy:dataset_coco.json`, `cn-clip:datasets/MUGE`);
-`PATH` alone picks the format from the file or folder names.
+`PATH` alone picks the format from the folder's file names or the file's content. `@DIR` at the
+end names the folder its image/video files are in (`csv:captions.txt@images/`).
 """
 
 from __future__ import annotations
@@ -21,17 +22,21 @@ from xmodal.eval.datasets.captions import (
     read_karpathy,
 )
 from xmodal.eval.datasets.cnclip import read_cn_clip
-from xmodal.eval.datasets.msvd import DESCRIPTIONS, read_msvd
+from xmodal.eval.datasets.detect import FORMATS, detect_format
+from xmodal.eval.datasets.flickr import read_flickr8k, read_flickr30k_json
+from xmodal.eval.datasets.msvd import read_msvd
 from xmodal.eval.datasets.parsed import load_parsed, store_parsed
 
 Reader = Callable[[Path, ReadOptions], RetrievalDataset]
 # Formats whose split is determined by one annotation file (its stat keys the parsed-split store).
-SINGLE_FILE_FORMATS = frozenset({"karpathy", "coco", "flickr", "jsonl", "csv"})
+SINGLE_FILE_FORMATS = frozenset({"karpathy", "coco", "flickr", "flickr30k", "jsonl", "csv"})
 
 READERS: dict[str, Reader] = {
     "karpathy": read_karpathy,
     "coco": read_coco,
     "flickr": read_flickr_txt,
+    "flickr8k": read_flickr8k,
+    "flickr30k": read_flickr30k_json,
     "cn-clip": read_cn_clip,
     "msvd": read_msvd,
     "jsonl": read_jsonl,
@@ -43,52 +48,27 @@ __all__ = [
     "MediaSource",
     "ReadOptions",
     "RetrievalDataset",
+    "FORMATS",
     "detect_format",
     "parse_dataset_spec",
     "read_dataset",
 ]
 
 
-def parse_dataset_spec(spec: str) -> tuple[str | None, Path]:
-    """`FORMAT:PATH` -> (format, path); a bare PATH -> (None, path). Windows drive letters stay paths."""
+def parse_dataset_spec(spec: str) -> tuple[str | None, Path, Path | None]:
+    """`FORMAT:PATH[@DIR]` -> (format, path, media folder); a bare PATH -> (None, path, None).
+
+    Windows drive letters stay paths; `@DIR` is split off only when the whole string is no existing path."""
     head, sep, tail = spec.partition(":")
-    if sep and head.lower() in READERS:
-        return head.lower(), Path(tail).expanduser()
-    if sep and len(head) > 1 and not os.path.exists(spec):
+    fmt = head.lower() if sep and head.lower() in READERS else None
+    if sep and fmt is None and len(head) > 1 and not os.path.exists(spec):
         raise InvalidArgumentError("dataset format", head, sorted(READERS))
-    return None, Path(spec).expanduser()
-
-
-def detect_format(path: Path) -> str:
-    """Guess the format from file and folder names; a clear error when nothing fits."""
-    if path.is_dir():
-        if (path / DESCRIPTIONS).is_file():
-            return "msvd"
-        if any(path.glob("*_texts.jsonl")) and any(path.glob("*_imgs.tsv")):
-            return "cn-clip"
-        if any(path.glob("coco_*_karpathy.json")):
-            return "coco"
-        if any(path.glob("flickr*_karpathy.txt")):
-            return "flickr"
-        if len(list(path.glob("dataset_*.json"))) == 1:
-            return "karpathy"
-    elif path.is_file():
-        name, suffix = path.name.lower(), path.suffix.lower()
-        if name.startswith("dataset_") and suffix == ".json":
-            return "karpathy"
-        if suffix == ".json":
-            return "coco"
-        if name.startswith("flickr") and name.endswith("_karpathy.txt"):
-            return "flickr"
-        if suffix == ".jsonl":
-            return "jsonl"
-        if suffix in (".csv", ".tsv"):
-            return "csv"
-    else:
-        raise DatasetFormatError(path, "no such file or folder")
-    raise DatasetFormatError(
-        path, f"cannot tell the dataset format from its name; write FORMAT:PATH with FORMAT one of {', '.join(READERS)}"
-    )
+    rest = tail if fmt is not None else spec
+    media = None
+    if "@" in rest and not os.path.exists(rest):
+        rest, _, folder = rest.rpartition("@")
+        media = Path(folder).expanduser()
+    return fmt, Path(rest).expanduser(), media
 
 
 def read_dataset(
@@ -102,12 +82,15 @@ def read_dataset(
     options = options or ReadOptions()
     if options.limit is not None and options.limit < 1:
         raise InvalidArgumentError("limit", options.limit, "an integer >= 1")
-    fmt, path = parse_dataset_spec(str(spec))
+    fmt, path, media = parse_dataset_spec(str(spec))
     if not path.exists():
         raise DatasetFormatError(path, "no such file or folder")
     path = path.absolute()  # items come out absolute, whatever the working directory
-    if options.media_root is not None:
-        options = replace(options, media_root=options.media_root.expanduser().absolute())
+    media = media or options.media_root
+    if media is not None:
+        if not media.expanduser().is_dir():
+            raise DatasetFormatError(media, "no such folder (given for the dataset's image/video files)")
+        options = replace(options, media_root=media.expanduser().absolute())
     fmt = fmt or detect_format(path)
     stored = parsed_cache is not None and fmt in SINGLE_FILE_FORMATS and path.is_file()
     dataset = load_parsed(parsed_cache, fmt, path, options) if stored else None

@@ -28,7 +28,7 @@ def read_cn_clip(path: Path, options: ReadOptions) -> RetrievalDataset:
         raise DatasetFormatError(path, "expected the dataset folder holding {split}_texts.jsonl and {split}_imgs.tsv")
     texts_file = split_file(path, ["{split}_texts.jsonl"], options.split, "Chinese-CLIP texts")
     images_file = split_file(path, ["{split}_imgs.tsv"], options.split, "Chinese-CLIP images")
-    builder = DatasetBuilder(path.name, "cn-clip", options, kind="image", language="zh")
+    builder = DatasetBuilder(path.name, "cn-clip", options, source=path, kind="image", language="zh")
     complete = _read_images(images_file, builder)
     for line, record in json_lines(texts_file, builder):
         text = record.get("text") if isinstance(record, dict) else None
@@ -46,7 +46,8 @@ def read_cn_clip(path: Path, options: ReadOptions) -> RetrievalDataset:
             for image_id in ids:
                 if not builder.has_item(image_id):
                     builder.missing_item(image_id)
-        builder.add_text(text.strip(), ids)
+        text_id = record.get("text_id")
+        builder.add_text(text.strip(), ids, None if text_id is None else str(text_id))
     return builder.build()
 
 

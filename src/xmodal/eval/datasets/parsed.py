@@ -23,7 +23,7 @@ from xmodal.eval.datasets.base import ReadOptions, RetrievalDataset
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 2  # of the stored split; 2: items' attributes (RetrievalDataset.item_attributes) are kept
+SCHEMA = 3  # of the stored split; 2: items' attributes (RetrievalDataset.item_attributes); 3: text ids
 
 
 def _key(fmt: str, file: Path, options: ReadOptions) -> str:
@@ -65,11 +65,17 @@ def store_parsed(folder: Path, fmt: str, file: Path, options: ReadOptions, datas
     """Store a parsed split (atomically: a killed run leaves no half-written file)."""
     if not all(isinstance(item, Path) for item in dataset.items):
         return
-    folder.mkdir(parents=True, exist_ok=True)
     data = {f.name: getattr(dataset, f.name) for f in fields(dataset)}
     data["items"] = [str(p) for p in dataset.items]
     data["problems"] = [{"path": p.path, "reason": p.reason, "line": p.line} for p in dataset.problems]
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fp:
-        json.dump(data, fp, ensure_ascii=False)
-    os.replace(tmp, folder / f"{_key(fmt, file, options)}.json")
+    tmp = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fp:
+            json.dump(data, fp, ensure_ascii=False)
+        os.replace(tmp, folder / f"{_key(fmt, file, options)}.json")
+    except OSError as exc:  # a full disk or read-only cache folder: the parse is simply not kept
+        log.warning("%s: parsed split not stored (%s)", folder, exc)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)

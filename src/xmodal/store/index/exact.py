@@ -205,20 +205,22 @@ class ExactIndex(VectorIndex):
         n_blocks = len(self._blocks)
         if len(self._ids) >= _PARALLEL_MIN_ROWS and _thread_count() > 1:
             ranges = np.array_split(np.arange(n_blocks), min(n_blocks, _thread_count()))
-            parts = list(_workers().map(lambda r: self._scan(queries, k, r, mask, True), ranges))
+            parts = list(_workers().map(lambda r: self._scan(queries, k, r, mask), ranges))
         else:
-            parts = [self._scan(queries, k, np.arange(n_blocks), mask, False)]
+            parts = [self._scan(queries, k, np.arange(n_blocks), mask)]
         scores = np.concatenate([p[0] for p in parts], axis=1)
         positions = np.concatenate([p[1] for p in parts], axis=1)
         ids = np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1)
         return scores, ids, positions
 
     def _scan(
-        self, queries: np.ndarray, k: int, blocks: np.ndarray, mask: np.ndarray | None, in_worker: bool
+        self, queries: np.ndarray, k: int, blocks: np.ndarray, mask: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, positions) of these blocks, each block scanned once for all queries."""
-        if in_worker:
-            faiss.omp_set_num_threads(1)  # per thread: the pool is the parallelism, not OpenMP
+        # One OpenMP thread for this calling thread: the scan pool is the parallelism. OpenMP teams
+        # over ~1 MiB blocks cost more than they bring, and on busy cores a team waits for its
+        # descheduled member (a 300-vector search took 40 ms instead of 0.1 ms).
+        faiss.omp_set_num_threads(1)
         heap = faiss.ResultHeap(len(queries), k, keep_max=True)
         for number in blocks:
             block, start = self._blocks[number], int(self._starts[number])

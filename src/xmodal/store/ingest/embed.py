@@ -6,6 +6,12 @@ benchmarks' embedding go through this one stage. Files are read bounded in size 
 decoded on a thread pool that runs ahead of the encoder by two batches; the encoder takes full
 batches, or a partial one rather than wait for decoding. A file whose content hash is in `known`
 (already embedded) is only probed for its metadata; a content met twice in one run is encoded once.
+
+Per type: a photo's vector is its pixels', and the description embedded in it (XMP, IPTC, EXIF)
+becomes its segments, one per text window. A text document (see `xmodal.media.text` for decoding
+and language) is split into the model's overlapping context-length windows (at most
+`max_text_windows`), each stored as a segment with its character span and words; the document's
+own vector is the mean of its windows' (re-normalized).
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ import numpy as np
 
 from xmodal import settings
 from xmodal.errors import InvalidArgumentError, MediaError
-from xmodal.media.files import content_of, read_file
-from xmodal.media.image import decode_image, probe_image
+from xmodal.media.files import FileContent, content_of, read_file
+from xmodal.media.image import Description, decode_image, probe_image
+from xmodal.media.text import decode_text, document_language
 from xmodal.models.embedder import Embedder
+from xmodal.models.encoder import l2_normalize
+from xmodal.models.tokenizer import TokenBatch, concat_batches, known_language
 from xmodal.parallel import bounded_map
 from xmodal.store.catalog import ItemUpdate, Segment
 from xmodal.store.ingest.plan import FileJob
@@ -31,25 +40,29 @@ from xmodal.store.ingest.plan import FileJob
 log = logging.getLogger(__name__)
 
 # Media types this version embeds; files of other types are recorded as pending for a later one.
-READY_TYPES = frozenset({"image"})
+READY_TYPES = frozenset({"image", "text"})
 PENDING_REASON = "{type} indexing is not supported by this version yet (recorded; indexed by a later one)"
 _LIMIT_SETTINGS = {
     "image": "XMODAL_MAX_IMAGE_BYTES",
     "video": "XMODAL_MAX_VIDEO_BYTES",
     "text": "XMODAL_MAX_TEXT_BYTES",
 }
+SNIPPET_CHARS = 400  # the words of a text window kept for a hit to show
+WINDOWS_PER_IMAGE = 4  # text windows per model call count as one image of the batch size
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
     """Batching and parallelism: `workers` decode threads (default: one per CPU) run ahead of the
-    encoder by two batches; the encoder takes up to `batch_size` images at a time (fewer when it
-    would otherwise wait for decoding); results that need no encoder (failures, known content) are
-    handed on at least every `flush_seconds`."""
+    encoder by two batches; the encoder takes up to `batch_size` images (or 4x as many text
+    windows) at a time (fewer when it would otherwise wait for decoding); results that need no
+    encoder (failures, known content) are handed on at least every `flush_seconds`.
+    `descriptions`: embed the descriptions photos carry (off with the library's text indexing)."""
 
     batch_size: int = 32
     workers: int | None = None
     flush_seconds: float = 2.0
+    descriptions: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -75,8 +88,16 @@ class EmbedResult:
 
 @dataclass
 class _Prepared:
+    """A file read and decoded: the model input its content needs (none when known or failed)."""
+
     result: EmbedResult
     pixels: np.ndarray | None = None
+    windows: TokenBatch | None = None  # a document's, or the description a photo carries
+    snippets: list[str] | None = None
+
+    @property
+    def needs_model(self) -> bool:
+        return self.pixels is not None or self.windows is not None
 
 
 class EmbedRun:
@@ -119,29 +140,31 @@ class EmbedRun:
 
     def _add(self, item: _Prepared) -> None:
         digest = item.result.row.content_hash
-        if item.pixels is not None and digest not in self._encoded:
+        if item.needs_model and digest not in self._encoded:
             self._batch.append(item)
             self._encoded.add(digest)
         else:
-            item.pixels = None  # failed, known content, or a duplicate of content already encoded
+            item.pixels = item.windows = None  # failed, known content, or a duplicate of content already encoded
             self._ready.append(item)
-        if len(self._batch) >= self.config.batch_size:
+        if self._fill() >= self.config.batch_size:
             self._flush(encode=True)
         elif time.monotonic() - self._last >= self.config.flush_seconds:
             self._flush(encode=False)
 
+    def _fill(self) -> float:
+        """How full the waiting batch is, in images (text windows count a quarter each)."""
+        windows = sum(len(p.windows) for p in self._batch if p.windows is not None)
+        return max(sum(p.pixels is not None for p in self._batch), windows / WINDOWS_PER_IMAGE)
+
     def _on_wait(self) -> None:
         """The next file is still being decoded: keep the encoder busy with a partial batch (at
         least a quarter of one) rather than idle; full batches return once decoding keeps up."""
-        if len(self._batch) >= max(1, self.config.batch_size // 4):
+        if self._batch and self._fill() >= max(1, self.config.batch_size // 4):
             self._flush(encode=True)
 
     def _flush(self, encode: bool) -> None:
         if encode and self._batch:
-            vectors = self.embedder.embed_pixels(np.stack([p.pixels for p in self._batch]))
-            for prepared, vector in zip(self._batch, vectors, strict=True):
-                prepared.result.vector = vector
-                prepared.pixels = None
+            self._encode(self._batch)
             self._ready += self._batch
             self._batch = []
         # a duplicate waits for its twin: a row is never handed on before its content's vector
@@ -152,6 +175,36 @@ class EmbedRun:
             self._out.append(done)
         self._last = time.monotonic()
 
+    def _encode(self, batch: list[_Prepared]) -> None:
+        """One model call per tower for a batch: pixels to photo vectors; text windows to segments
+        (and to a document's own vector, their mean)."""
+        with_pixels = [p for p in batch if p.pixels is not None]
+        if with_pixels:
+            vectors = self.embedder.embed_pixels(np.stack([p.pixels for p in with_pixels]))
+            for prepared, vector in zip(with_pixels, vectors, strict=True):
+                prepared.result.vector = vector
+                prepared.pixels = None
+        with_text = [p for p in batch if p.windows is not None]
+        if not with_text:
+            return
+        tokens = concat_batches([p.windows for p in with_text])
+        step = WINDOWS_PER_IMAGE * self.config.batch_size
+        rows = np.concatenate(
+            [self.embedder.embed_tokens(_rows(tokens, i, i + step)) for i in range(0, len(tokens), step)]
+        )
+        start = 0
+        for prepared in with_text:
+            windows, snippets = prepared.windows, prepared.snippets or []
+            part = rows[start : start + len(windows)]
+            start += len(windows)
+            prepared.result.segments = [
+                Segment(a, b, vector, snippet)
+                for (a, b), vector, snippet in zip(windows.spans or [], part, snippets, strict=True)
+            ]
+            if prepared.result.row.type == "text":
+                prepared.result.vector = l2_normalize(part.mean(axis=0, keepdims=True))[0]
+            prepared.windows = prepared.snippets = None
+
     def _prepare(self, job: FileJob) -> _Prepared:
         """Read, hash and (when its content is not known) decode one file; never raises MediaError."""
         if job.type not in READY_TYPES:
@@ -159,23 +212,30 @@ class EmbedRun:
             return _Prepared(EmbedResult(job, _row(job, "pending", error=reason)))
         limit, limit_name = self.limits.max_bytes(job.type), _LIMIT_SETTINGS[job.type]
         try:
+            head = job.type == "text"
             if job.data is not None:
-                content = content_of(job.path, job.data, limit, job.mtime_ns, limit_name=limit_name)
+                content = content_of(job.path, job.data, limit, job.mtime_ns, limit_name=limit_name, head=head)
             else:
-                content = read_file(job.path, limit, digest=job.known_hash is None, limit_name=limit_name)
+                content = read_file(job.path, limit, digest=job.known_hash is None, limit_name=limit_name, head=head)
         except MediaError as exc:
             return _Prepared(EmbedResult(job, _row(job, "failed", error=exc.reason)))
         digest = job.known_hash or content.digest
         assert content.data is not None and digest is not None
         try:
-            if digest in self.known:
-                info, pixels = probe_image(content.data, job.path, self.embedder.decode_options), None
-            else:
-                decoded = decode_image(content.data, self.embedder.decode_options)
-                info, pixels = decoded, self.embedder.preprocess(decoded.image)
+            if job.type == "text":
+                return self._prepare_text(job, content, digest)
+            return self._prepare_image(job, content, digest)
         except MediaError as exc:
             row = _row(job, "failed", error=exc.reason, size=content.size, mtime_ns=content.mtime_ns)
             return _Prepared(EmbedResult(job, row))
+
+    def _prepare_image(self, job: FileJob, content: FileContent, digest: str) -> _Prepared:
+        if digest in self.known:
+            info, pixels = probe_image(content.data, job.path, self.embedder.decode_options), None
+        else:
+            decoded = decode_image(content.data, self.embedder.decode_options)
+            info, pixels = decoded, self.embedder.preprocess(decoded.image)
+        description = info.description if self.config.descriptions else None
         taken = info.taken_at.timestamp() if info.taken_at else content.mtime_ns / 1e9
         row = ItemUpdate(
             job.path,
@@ -188,8 +248,44 @@ class EmbedRun:
             height=info.height,
             taken_at=taken,
             taken_at_source="exif" if info.taken_at else "mtime",
+            details=_description_details(description),
         )
-        return _Prepared(EmbedResult(job, row), pixels)
+        prepared = _Prepared(EmbedResult(job, row), pixels)
+        if description is not None and pixels is not None:
+            self._windows(prepared, description.text, description.language)
+        return prepared
+
+    def _prepare_text(self, job: FileJob, content: FileContent, digest: str) -> _Prepared:
+        decoded = decode_text(content.data, job.path, truncated=content.truncated)
+        language, language_source = document_language(decoded.text)
+        details: dict = {"encoding": decoded.encoding, "chars": len(decoded.text)}
+        if language:
+            details |= {"language": language, "language_source": language_source}
+        if decoded.truncated:
+            details["read_bytes"] = len(content.data)
+        row = ItemUpdate(
+            job.path,
+            "text",
+            "ok",
+            content.size,
+            content.mtime_ns,
+            content_hash=digest,
+            taken_at=content.mtime_ns / 1e9,
+            taken_at_source="mtime",
+            details=details,
+        )
+        prepared = _Prepared(EmbedResult(job, row))
+        if digest not in self.known:
+            self._windows(prepared, decoded.text, language)
+            if not any(b > a for a, b in prepared.windows.spans or []):
+                raise MediaError(job.path, "no text the model can read in it")
+        return prepared
+
+    def _windows(self, prepared: _Prepared, text: str, language: str | None) -> None:
+        """The model's windows of `text` (at most max_text_windows) with their snippets."""
+        windows = self.embedder.text_windows(text, known_language(language), self.limits.max_text_windows)
+        prepared.windows = windows
+        prepared.snippets = [" ".join(text[a:b].split())[:SNIPPET_CHARS] for a, b in windows.spans or []]
 
 
 def embed(
@@ -197,6 +293,17 @@ def embed(
 ) -> EmbedRun:
     """Embed the files of `jobs` with `embedder`; iterate the result for lists of `EmbedResult`s."""
     return EmbedRun(jobs, embedder, known, config or EmbedConfig())
+
+
+def _rows(tokens: TokenBatch, start: int, stop: int) -> TokenBatch:
+    return TokenBatch(tokens.ids[start:stop], tokens.attention_mask[start:stop])
+
+
+def _description_details(description: Description | None) -> dict | None:
+    if description is None:
+        return None
+    details = {"description": description.text[:SNIPPET_CHARS], "description_source": description.source}
+    return details | ({"description_language": description.language} if description.language else {})
 
 
 def _row(job: FileJob, status: str, *, error: str, size: int | None = None, mtime_ns: int | None = None) -> ItemUpdate:
