@@ -57,12 +57,16 @@ class EmbedConfig:
     encoder by two batches; the encoder takes up to `batch_size` images (or 4x as many text
     windows) at a time (fewer when it would otherwise wait for decoding); results that need no
     encoder (failures, known content) are handed on at least every `flush_seconds`.
-    `descriptions`: embed the descriptions photos carry (off with the library's text indexing)."""
+    `descriptions`: embed the descriptions photos carry (off with the library's text indexing).
+    `whole_batches`: the encoder only ever takes `batch_size` inputs in job order (the last batch
+    shorter), never a partial batch while decoding lags, so the same jobs give bit-identical
+    vectors whatever the machine's load (benchmarks want that; an index run wants the encoder busy)."""
 
     batch_size: int = 32
     workers: int | None = None
     flush_seconds: float = 2.0
     descriptions: bool = True
+    whole_batches: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -159,6 +163,8 @@ class EmbedRun:
     def _on_wait(self) -> None:
         """The next file is still being decoded: keep the encoder busy with a partial batch (at
         least a quarter of one) rather than idle; full batches return once decoding keeps up."""
+        if self.config.whole_batches:
+            return
         if self._batch and self._fill() >= max(1, self.config.batch_size // 4):
             self._flush(encode=True)
 
@@ -214,7 +220,15 @@ class EmbedRun:
         try:
             head = job.type == "text"
             if job.data is not None:
-                content = content_of(job.path, job.data, limit, job.mtime_ns, limit_name=limit_name, head=head)
+                content = content_of(
+                    job.path,
+                    job.data,
+                    limit,
+                    job.mtime_ns,
+                    digest=job.known_hash is None,
+                    limit_name=limit_name,
+                    head=head,
+                )
             else:
                 content = read_file(job.path, limit, digest=job.known_hash is None, limit_name=limit_name, head=head)
         except MediaError as exc:
