@@ -28,6 +28,7 @@ from xmodal.scale.index import (
     choose_spec,
     estimate_bytes,
     parse_memory,
+    query_model,
     search_embeddings,
 )
 from xmodal.scale.shards import SHARDS, EmbeddingsFolderError, finished_shards, read_manifest
@@ -312,6 +313,35 @@ def test_cli_embed_build_search(shapes: Path, tmp_path: Path) -> None:
         [*run, "search", "x", "--embeddings", str(out), "--type", "video"], env=env, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "--embeddings" in bad.stderr
+
+
+def test_serve_answers_over_an_embeddings_folder(shapes: Path, tmp_path: Path) -> None:
+    from serve_helpers import multipart, running_server
+    from xmodal.serve.state import ServedEmbeddings
+
+    out = tmp_path / "out"
+    embed_dataset(shapes / "images", out, MODEL, OFF)
+    build_sharded_index(out)
+    index = ShardedIndex(out)
+    served = ServedEmbeddings(index, query_model(index))
+    photo = sorted((shapes / "images").glob("*.png"))[3]
+    with running_server(embeddings=served) as server:
+        client = server.client
+        found = client.get("/api/embeddings/search", params={"q": "a red circle", "k": 5})
+        assert found.status_code == 200
+        assert found.json() == search_embeddings(index, served.encoder, "a red circle", k=5).to_dict()
+        assert len(found.json()["hits"]) == 4  # the model's text -> image floor, as a library search
+        body, content_type = multipart(("image", photo.read_bytes(), {"filename": "x.png"}), ("k", "3", None))
+        by_image = client.post("/api/embeddings/search", content=body, headers={"content-type": content_type})
+        assert by_image.status_code == 200, by_image.text
+        best = by_image.json()["hits"][0]
+        assert best["path"] == str(photo) and best["score"] == pytest.approx(1, abs=1e-3)
+        info = client.get("/api/embeddings").json()
+        assert info["counts"]["items"] == 36 and info["index"]["count"] == 36
+        assert info["index"]["memory_mapped"] == index.mapped and str(tmp_path) not in json.dumps(info)
+        assert client.get("/api/embeddings/search").status_code == 422
+        library = client.get("/api/search", params={"q": "x"})
+        assert library.status_code == 503 and "embeddings folder" in library.json()["detail"]
 
 
 def test_two_node_ray_cluster_survives_losing_its_worker(shapes: Path, encoder, tmp_path: Path) -> None:

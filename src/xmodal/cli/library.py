@@ -232,17 +232,14 @@ def search(
 
 
 def _search_embeddings(folder: Path, query, image, item, model, k, min_score, filters):
-    from xmodal.models import load_model
-    from xmodal.scale.index import ShardedIndex, search_embeddings
+    from xmodal.scale.index import ShardedIndex, query_model, search_embeddings
 
     if item is not None or any(filters):
         raise typer.BadParameter(
             "--item, --type, --after, --before, --path and --tag search libraries, not --embeddings"
         )
     index = ShardedIndex(folder)
-    made_with = index.manifest["model"]
-    encoder = load_model(model or made_with["source"], precision=made_with["precision"])
-    return search_embeddings(index, encoder, query, image, k, min_score=min_score)
+    return search_embeddings(index, query_model(index, model), query, image, k, min_score=min_score)
 
 
 def _print_results(results, chosen: str, null: bool) -> None:

@@ -348,27 +348,42 @@ def _is_mapped(index: faiss.Index) -> bool:
     return isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
 
 
+def query_model(index: ShardedIndex, model: str | None = None) -> Embedder:
+    """The model that embeds queries of `index`: `model` (a name or folder), else the one the
+    folder was embedded with, at its precision (search_embeddings refuses another model)."""
+    from xmodal.models import load_model
+
+    made_with = index.manifest["model"]
+    if model is None and not made_with.get("source"):
+        raise EmbeddingsFolderError(index.folder / MANIFEST, "names no model to embed queries with: give --model")
+    return load_model(model or made_with["source"], precision=made_with["precision"])
+
+
 def search_embeddings(
     index: ShardedIndex,
     encoder: Embedder,
     text: str | None = None,
-    image: str | os.PathLike | None = None,
+    image: str | os.PathLike | bytes | None = None,
     k: int = 10,
     *,
     language: str | None = None,
     min_score: MinScore = None,
+    path_terms: bool = True,
 ) -> SearchResults:
-    """Rank an embeddings folder's images against a text and/or example image query (terms
-    combine as in library search: "beach + ./ref.jpg - people") above the same score floors as
-    `Library.search` (`min_score` overrides them); the same SearchResults, so every output format
-    and the HTTP layer serve it alike."""
+    """Rank an embeddings folder's images against a text and/or example image query (a file, or
+    its bytes; terms combine as in library search: "beach + ./ref.jpg - people") above the same
+    score floors as `Library.search` (`min_score` overrides them); the same SearchResults, so every
+    output format and the HTTP layer serve it alike. `path_terms=False` never reads a text term as
+    an image file (for queries from the network)."""
     if not same_model(encoder.model_key, index.manifest["model"]["key"]):
         raise InvalidArgumentError(
             "--model", encoder.name, f"the model the folder was embedded with ({index.manifest['model']['name']})"
         )
     k = check_k(k)
-    terms = parse_query(text) if text else []
-    if image is not None:
+    terms = parse_query(text, path_terms) if text else []
+    if isinstance(image, bytes):
+        terms.append(QueryTerm("image", image))
+    elif image is not None:
         terms.append(QueryTerm("image", str(Path(image).expanduser())))
     if any(t.kind == "item" for t in terms):
         raise InvalidArgumentError("query", text, "text and image terms (item ids belong to libraries)")
