@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from xmodal.cli.console import progress_bars, say
+from xmodal.cli.console import flag, progress_bars, say
 
 
 def embed_dataset(
@@ -27,8 +27,8 @@ def embed_dataset(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Items per output shard (not for .tar sources)."),
     precision: str = typer.Option("fp32", help="fp32 (default), int8 (ONNX Runtime) or bf16 (OpenVINO)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    quiet: bool = flag("No progress bars.", "--quiet", "-q"),
+    as_json: bool = flag("Print the report as JSON.", "--json"),
 ) -> None:
     """Embed a collection into sharded float16 embeddings + Parquet metadata, on Ray.
 
@@ -62,7 +62,7 @@ def build_index(
     ),
     spec: str = typer.Option(None, "--spec", help="A Faiss factory string instead of choosing by memory."),
     target_recall: float = typer.Option(0.9, "--target-recall", help="Recall@10 vs exact search to tune nprobe for."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = flag("No progress bars.", "--quiet", "-q"),
 ) -> None:
     """Build a compressed Faiss index (IVF, PQ/OPQ) over an embeddings folder within a memory budget.
 
