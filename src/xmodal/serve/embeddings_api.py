@@ -12,8 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from xmodal.scale.index import search_embeddings
-from xmodal.serve.library_api import answer_search, search_form
-from xmodal.serve.multipart import multipart_body
+from xmodal.serve.library_api import answer_search, search_form, search_form_schema
 from xmodal.serve.schemas import MAX_HTTP_RESULTS, ErrorResponse, SearchResponse
 from xmodal.serve.security import require_api_key
 from xmodal.serve.state import ServedEmbeddings, ServeState
@@ -34,15 +33,7 @@ class EmbeddingsQuery(BaseModel):
     )
 
 
-_SEARCH_FORM = multipart_body(
-    {
-        "image": {"type": "string", "format": "binary", "description": "An example image"},
-        **{
-            name: {"type": "string", "description": spec.description}
-            for name, spec in EmbeddingsQuery.model_fields.items()
-        },
-    }
-)
+_SEARCH_FORM = search_form_schema(EmbeddingsQuery)
 
 
 def embeddings_state(request: Request) -> ServeState:

@@ -42,14 +42,15 @@ FILE_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'uns
 EVENTS_TICK = 0.25  # seconds between looks at the index run for the event stream
 KEEPALIVE = 15.0
 _ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
-_SEARCH_FORM = multipart_body(
-    {
-        "image": {"type": "string", "format": "binary", "description": "An example image"},
-        **{
-            name: {"type": "string", "description": spec.description} for name, spec in SearchQuery.model_fields.items()
-        },
-    }
-)
+
+
+def search_form_schema(schema: type[BaseModel]) -> dict:
+    """The OpenAPI description of a multipart search: an example image and `schema`'s fields."""
+    fields = {name: {"type": "string", "description": spec.description} for name, spec in schema.model_fields.items()}
+    return multipart_body({"image": {"type": "string", "format": "binary", "description": "An example image"}} | fields)
+
+
+_SEARCH_FORM = search_form_schema(SearchQuery)
 
 
 def library_state(request: Request) -> ServeState:
