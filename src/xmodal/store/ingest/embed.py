@@ -1,10 +1,12 @@
 """Ingest, stage 2: read, hash, decode and embed the files of a plan — with no catalog inside.
 
 `embed(jobs, embedder, known)` takes picklable `FileJob`s and yields lists of picklable
-`EmbedResult`s, so a thread, a process or a Ray actor can run it; the library's index run and the
-benchmarks' embedding go through this one stage. Files are read bounded in size (settings) and
-decoded on a thread pool that runs ahead of the encoder by two batches; the encoder takes full
-batches, or a partial one rather than wait for decoding. A file whose content hash is in `known`
+`EmbedResult`s, so a thread, a process or a Ray actor can run it; the library's index run,
+`embed-dataset`'s Ray workers, eval's image embedding and the benchmarks go through this one stage
+(a job's `data` stands in for a file: an archive member, an image held in memory). Files are
+read bounded in size (settings) and decoded on a thread pool that runs ahead of the encoder by two
+batches; the encoder takes full batches, or a partial one rather than wait for decoding (unless
+`EmbedConfig.whole_batches`). A file whose content hash is in `known`
 (already embedded) is only probed for its metadata; a content met twice in one run is encoded once.
 
 Per type: a photo's vector is its pixels', and the description embedded in it (XMP, IPTC, EXIF)
