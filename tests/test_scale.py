@@ -68,6 +68,7 @@ def _image_vectors(out: Path) -> dict[str, np.ndarray]:
 
 def _min_cosine(got: np.ndarray, want: np.ndarray) -> float:
     got = got / np.linalg.norm(got, axis=1, keepdims=True)
+    want = want / np.linalg.norm(want, axis=1, keepdims=True)
     return float(np.min(np.sum(got * want, axis=1)))
 
 
@@ -407,5 +408,12 @@ def test_two_node_ray_cluster_survives_losing_its_worker(shapes: Path, encoder, 
     paths = [os.fsdecode(r["path_bytes"]) for r in rows]
     assert len(paths) == len(set(paths)) == 36 and len({r["id"] for r in rows}) == 36
     assert set(paths) == {str(p) for p in (shapes / "images").iterdir()}
-    stored = _image_vectors(out)
+    stored, local = _image_vectors(out), _image_vectors(_local_run(shapes, tmp_path / "local"))
+    assert _min_cosine(np.stack([stored[p] for p in paths]), np.stack([local[p] for p in paths])) >= 0.9999
     assert _min_cosine(np.stack([stored[p] for p in paths]), encoder.embed_images(paths)) >= 0.9999
+
+
+def _local_run(shapes: Path, out: Path) -> Path:
+    """The same source through the same stage in this process, no Ray: the reference."""
+    embed_dataset(shapes / "dataset_synth_shapes.json", out, MODEL, OFF)
+    return out
