@@ -12,8 +12,12 @@
 3. The segment merge threshold: for the synth-shapes videos (a quarter have a scene cut at 2 s),
    cosines of consecutive frames inside a scene and across the cut, and for each threshold the
    share of cuts found and the segments per scene.
+4. The synth-shapes videos indexed into a fresh library (`Library.index`: hashing, decoding on the
+   decode threads, commits, the vector index) beside the same videos through embed_video one
+   after another, in interleaved rounds: videos/s of each and what the library adds.
 
     python benchmarks/video.py [--minutes 10] [--rounds 2] [--videos 40] [--vit] [--model NAME] [--work DIR]
+                               [--parts sampling,embedding,threshold,library]
 """
 
 from __future__ import annotations
@@ -187,6 +191,37 @@ def threshold_table(encoder, root: Path) -> None:
         print(f"| {threshold}{mark} | {found}/{cuts} | {straddling} | {segments / scenes:.2f} |")
 
 
+def library_rates(folder: Path, models: dict[str, object], rounds: int, work: Path) -> None:
+    """Videos/s indexed into a fresh library vs the same videos through embed_video alone."""
+    import shutil
+
+    from xmodal.library import Library
+    from xmodal.models.video import embed_video
+
+    videos = sorted(folder.glob("*.mp4"))
+    print(f"\n## the library: {len(videos)} videos indexed into a fresh library vs embed_video alone\n")
+    print("| model | embed_video alone, videos/s | Library.index, videos/s | library / alone |")
+    print("|---|---:|---:|---:|")
+    for name, encoder in models.items():
+        embed_video(encoder, videos[0])  # warm-up
+        best = {"alone": float("inf"), "library": float("inf")}
+        for round_ in range(rounds):
+            for variant in ("alone", "library") if round_ % 2 == 0 else ("library", "alone"):
+                start = time.perf_counter()
+                if variant == "alone":
+                    for path in videos:
+                        embed_video(encoder, path)
+                else:
+                    target = work / "bench-library"
+                    shutil.rmtree(target, ignore_errors=True)
+                    with Library(target) as lib:
+                        report = lib.index([folder], model=encoder)
+                    assert report.encoded == len(videos) and not report.failed, report.summary()
+                best[variant] = min(best[variant], time.perf_counter() - start)
+        alone, library = len(videos) / best["alone"], len(videos) / best["library"]
+        print(f"| {name} | {alone:.1f} | {library:.1f} | {library / alone:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
@@ -195,7 +230,9 @@ def main() -> None:
     parser.add_argument("--vit", action="store_true", help="also a ViT-B/32-geometry model (needs torch)")
     parser.add_argument("--model", default="xmodal-tiny-shapes", help="the model the merge threshold is measured with")
     parser.add_argument("--work", type=Path, help="keep the generated files here between runs")
+    parser.add_argument("--parts", default="sampling,embedding,threshold,library", help="which parts to run")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     import xmodal
     from helpers import REALDATA
@@ -206,9 +243,10 @@ def main() -> None:
     os.environ.setdefault("XMODAL_CACHE", str(work / "cache"))
     print(f"# {cpu_name()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, PyAV {av.__version__}")
     started = time.perf_counter()
-    long_video = make_long_video(work / f"long_{args.minutes:g}min_{HEIGHT}p.mp4", args.minutes)
-    print(f"(long file ready in {time.perf_counter() - started:.0f} s)")
-    sampling_rates(long_video, args.rounds)
+    if "sampling" in parts:
+        long_video = make_long_video(work / f"long_{args.minutes:g}min_{HEIGHT}p.mp4", args.minutes)
+        print(f"(long file ready in {time.perf_counter() - started:.0f} s)")
+        sampling_rates(long_video, args.rounds)
 
     synth = work / f"synth_{args.videos}"
     if not (synth / "videos.jsonl").exists():
@@ -217,11 +255,15 @@ def main() -> None:
     if args.vit:
         models["ViT-B/32 geometry (random init), fp32"] = xmodal.load_model(ensure_vit(work))
     synth_videos = sorted((synth / "videos").glob("*.mp4"))
-    embedding_shares(synth_videos, models, "synth-shapes (128x128, 12 fps, 2 s; a quarter 4 s with a cut)")
-    msvd = REALDATA / "msvd" / "videos"
-    if msvd.is_dir():
-        embedding_shares(sorted(msvd.iterdir()), models, "the real MSVD clips (320x240 to 1280x720, 4-14 s)")
-    threshold_table(xmodal.load_model(args.model), synth)
+    if "embedding" in parts:
+        embedding_shares(synth_videos, models, "synth-shapes (128x128, 12 fps, 2 s; a quarter 4 s with a cut)")
+        msvd = REALDATA / "msvd" / "videos"
+        if msvd.is_dir():
+            embedding_shares(sorted(msvd.iterdir()), models, "the real MSVD clips (320x240 to 1280x720, 4-14 s)")
+    if "threshold" in parts:
+        threshold_table(xmodal.load_model(args.model), synth)
+    if "library" in parts:
+        library_rates(synth / "videos", models, max(args.rounds, 2), work)
     print(f"\nload {os.getloadavg()[0]:.1f} at the end; {time.perf_counter() - started:.0f} s in all")
 
 

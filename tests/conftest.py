@@ -103,3 +103,21 @@ def synth_karpathy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     entries.append({"filepath": "imgs", "filename": "00.jpg", "split": "train", "sentences": [{"raw": "train"}]})
     (root / "dataset_synth.json").write_text(json.dumps({"dataset": "synth", "images": entries}))
     return root / "dataset_synth.json"
+
+
+# The int8 weight recipe follows the CPU's int8 features. "no VNNI" is what an AVX2-only CPU (or
+# AVX-512 without VNNI) reports: it gets 7-bit weights, whose products never saturate, so they
+# compute on this CPU what such a CPU computes (test_models_int8 checks that under an emulated
+# AVX2 CPU where qemu is installed).
+INT8_CPU_FEATURES = {"this CPU": None, "no VNNI": {"AVX2": True, "AVX512BW": False, "AVX512VNNI": False}}
+
+
+@pytest.fixture(params=list(INT8_CPU_FEATURES))
+def int8_cpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """The CPU kind xmodal's int8 recipe and check are chosen for: this one, or one without VNNI."""
+    from xmodal.models import quantize
+
+    features = INT8_CPU_FEATURES[request.param]
+    cpu = quantize.cpu_int8() if features is None else quantize.CpuInt8.from_features("x86_64", features)
+    monkeypatch.setattr(quantize, "cpu_int8", lambda: cpu)
+    return cpu

@@ -107,7 +107,7 @@ def make_bad_corpus(root: Path) -> dict[str, str | None]:
     (root / ".hidden.jpg").write_bytes(good)
     expected[".hidden.jpg"] = None
     (root / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
-    expected["clip.mp4"] = "pending"
+    expected["clip.mp4"] = "not a readable video"
     return expected
 
 

@@ -66,13 +66,14 @@ def test_status_json_and_errors(cli_library):
     status = json.loads(run("status", "--library", library, "--json"))
     assert set(status) >= {"items", "failed", "models", "index"}
     assert set(status["items"]) == {"image", "video", "text"} and status["items"]["image"] > 30
-    assert status["failed"] == 5 and status["pending"]["video"] == 1 and status["items"]["text"] == 1
+    assert status["failed"] == 6 and status["pending"]["video"] == 0 and status["items"]["text"] == 1
     assert status["models"][0]["dim"] == 32
     assert list(status["index"].values())[0]["up_to_date"] is True
     errors = run("status", "--library", library, "--errors")
     assert "zero.jpg: empty file (0 bytes)" in errors and "not a recognized image format" in errors
     as_json = json.loads(run("status", "--library", library, "--json", "--errors"))
-    assert len(as_json["errors"]) == 5 and "junk.txt: binary data, not text" in errors
+    assert len(as_json["errors"]) == 6 and "junk.txt: binary data, not text" in errors
+    assert "clip.mp4: not a readable video: corrupt, truncated or another format" in errors
 
 
 def test_exit_codes(tmp_path: Path, clip_model_dir: Path):

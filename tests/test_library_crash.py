@@ -15,6 +15,7 @@ import pytest
 
 import xmodal
 from library_helpers import check_consistent, count_model_calls, image_files, make_photo_tree
+from xmodal import settings
 from xmodal.library import Library
 
 N_FILES = 160
@@ -30,7 +31,7 @@ def committed_ok(catalog: Path) -> int:
         return 0
 
 
-def start_index(tree: Path, library: Path, model: Path) -> subprocess.Popen:
+def start_index(tree: Path, library: Path, model: Path | str) -> subprocess.Popen:
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(Path(xmodal.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
@@ -92,3 +93,44 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_work(tmp_path: Path, clip_model_dir:
         report = lib.index([tree], model=encoder)
         assert sum(calls) == 120 - done and report.unchanged == done
         check_consistent(lib, image_files(tree))
+
+
+def test_kill_9_during_video_indexing_loses_only_unfinished_videos(tmp_path: Path):
+    """Synth-shapes videos sampled at every frame (12 per second), one at a time: killed after some
+    are committed, the next run decodes only the others and the library is complete."""
+    from xmodal.datasets import SynthConfig, generate_synth_shapes
+
+    n_videos = 24
+    generate_synth_shapes(tmp_path / "synth", SynthConfig(n=1, seed=4, videos=n_videos))
+    tree, library = tmp_path / "synth" / "videos", tmp_path / "lib"
+    catalog = library / "catalog.sqlite"
+    os.environ["XMODAL_VIDEO_FPS"] = "12"
+    try:
+        done = kill_when(start_index(tree, library, "xmodal-tiny-shapes"), catalog, 3)
+        assert 3 <= done < n_videos
+        with sqlite3.connect(catalog) as conn:  # what was committed is whole: rows with vectors and moments
+            committed = {h for (h,) in conn.execute("SELECT content_hash FROM items WHERE status = 'ok'")}
+            for table in ("embeddings", "segments"):
+                having = {h for (h,) in conn.execute(f"SELECT DISTINCT content_hash FROM {table}")}
+                assert having == committed, table
+        settings.configure()
+        encoder = xmodal.load_model("xmodal-tiny-shapes")
+        calls = count_model_calls(encoder)
+        with Library(library) as lib:
+            report = lib.index([tree], model=encoder)
+            assert (report.unchanged, report.added, report.encoded, report.failed) == (
+                done,
+                n_videos - done,
+                n_videos - done,
+                [],
+            )
+            rows = lib.catalog.items_under([str(tree)]).values()
+            fresh = [r for r in rows if r.content_hash not in committed]
+            assert len(fresh) == n_videos - done
+            assert sum(calls) == sum(len(r.details["frame_times"]) for r in fresh)  # only those were decoded
+            assert all(":12fps:" in r.details["frame_policy"] and r.details["frame_times"] for r in rows)
+            hits = lib.search("a shape", k=100, type="video", min_score=-1)
+            assert sorted(h.path for h in hits) == sorted(str(p) for p in tree.glob("*.mp4"))
+    finally:
+        del os.environ["XMODAL_VIDEO_FPS"]
+        settings.configure()

@@ -84,14 +84,12 @@ def test_bad_inputs_recorded_never_fatal_and_retried_only_when_changed(tmp_path:
                 assert name not in rows, name
             elif outcome == "ok":
                 assert rows[name].status == "ok", (name, rows[name].error)
-            elif outcome == "pending":
-                assert rows[name].status == "pending" and rows[name].type == "video"
             else:
                 assert rows[name].status == "failed" and outcome in rows[name].error, (name, rows[name].error)
         n_ok = sum(1 for o in expected.values() if o == "ok")
-        n_failed = sum(1 for o in expected.values() if o not in (None, "ok", "pending"))
+        n_failed = sum(1 for o in expected.values() if o not in (None, "ok"))
         assert len(failed) == n_failed
-        assert report.added == n_ok and report.pending == 1
+        assert report.added == n_ok and report.pending == 0
         items = lib.status()["items"]
         assert (items["image"], items["text"]) == (n_ok - 1, 1) and lib.status()["failed"] == n_failed
         rotated = rows["rotated.jpg"]
@@ -102,7 +100,7 @@ def test_bad_inputs_recorded_never_fatal_and_retried_only_when_changed(tmp_path:
 
         calls.clear()
         again = lib.index([corpus], model=encoder)
-        assert calls == [] and again.failed == [] and again.unchanged == n_ok + n_failed + 1
+        assert calls == [] and again.failed == [] and again.unchanged == n_ok + n_failed
 
         photo(3).save(corpus / "zero.jpg")  # a failed file fixed: retried, the other failures are not
         calls.clear()

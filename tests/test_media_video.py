@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import struct
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,15 @@ import numpy as np
 import pytest
 
 from helpers import REALDATA
-from video_files import frame_level, level_frame, write_clip, write_numbered_clip, write_tone
+from video_files import (
+    broken_index_mkv,
+    frame_level,
+    level_frame,
+    write_clip,
+    write_numbered_clip,
+    write_tone,
+    write_uhd60,
+)
 from xmodal.errors import InvalidArgumentError, MediaError
 from xmodal.media.video import FramePolicy, open_video, probe_video, sample_frames
 
@@ -136,23 +143,8 @@ def test_black_and_blank_frames_are_flagged(tmp_path):
 # -- bounded memory ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clip_4k60(tmp_path_factory) -> Path:
-    """12 frames of 3840x2160 at 60 fps (H.264): a gradient with a bright bar moving across."""
-    path = tmp_path_factory.mktemp("4k") / "uhd60.mp4"
-    height, width = 2160, 3840
-    luma = (np.add.outer(np.arange(height) * 150 // height, np.arange(width) * 50 // width) + 16).astype(np.uint8)
-    chroma = np.full((height // 2, width), 128, np.uint8)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=60, options={"preset": "ultrafast", "threads": "2"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(12):
-            plane = luma.copy()
-            plane[400:800, 100 + 200 * i : 500 + 200 * i] = 235
-            frame = av.VideoFrame.from_ndarray(np.concatenate([plane, chroma]), format="yuv420p")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    """12 frames of 3840x2160 at 60 fps (H.264)."""
+    return write_uhd60(tmp_path_factory.mktemp("4k") / "uhd60.mp4")
 
 
 def test_4k60_decodes_within_bounded_memory(clip_4k60):
@@ -234,19 +226,9 @@ def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path):
         list(frames)
 
 
-def _patched_mkv(source: Path, out: Path, duration_ms: float) -> Path:
-    """A copy of an MKV whose header claims `duration_ms` and whose index (Cues) is unreadable."""
-    data = bytearray(source.read_bytes())
-    at = data.find(b"\x44\x89\x88")  # Segment Info > Duration, an 8-byte float
-    data[at + 3 : at + 11] = struct.pack(">d", duration_ms)
-    data = data.replace(b"\x1c\x53\xbb\x6b", b"\x1c\x53\xbb\x6c")  # Cues renamed: an unknown element
-    out.write_bytes(bytes(data))
-    return out
-
-
 def test_a_huge_duration_with_a_broken_index_is_measured_not_trusted(tmp_path):
     clip = write_clip(tmp_path / "clip.mkv", (level_frame(4 * (i % 60)) for i in range(50)), gop=10)
-    huge = _patched_mkv(clip, tmp_path / "huge.mkv", 3.6e9)  # "1,000 hours"
+    huge = broken_index_mkv(clip, tmp_path / "huge.mkv", 3.6e9)  # "1,000 hours"
     with av.open(str(huge)) as container:
         assert container.duration / av.time_base == pytest.approx(3.6e6)
     video = open_video(huge)

@@ -88,6 +88,20 @@ def test_folder_source_matches_the_local_pipeline(shapes: Path, encoder, tmp_pat
     )
 
 
+def test_videos_and_documents_are_recorded_not_embedded(shapes: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes((shapes / "images" / "000001.jpg").read_bytes())
+    (folder / "notes.txt").write_text("a document about circles")
+    (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
+    report = embed_dataset(folder, tmp_path / "out", MODEL, OFF)
+    assert (report.items, report.ok, report.pending, report.failed) == (3, 1, 2, 0)
+    rows = {Path(r["path"]).name: r for r in _rows(tmp_path / "out")}
+    assert rows["a.jpg"]["image_row"] == 0 and len(_image_vectors(tmp_path / "out")) == 1
+    for name in ("notes.txt", "clip.mp4"):
+        assert rows[name]["status"] == "pending" and "not embedded by embed-dataset" in rows[name]["error"]
+
+
 def test_captions_source_embeds_captions_too(shapes: Path, encoder, tmp_path: Path) -> None:
     annotations = json.loads((shapes / "dataset_synth_shapes.json").read_text())["images"]
     captions = {a["filename"]: [s["raw"] for s in a["sentences"]] for a in annotations}

@@ -246,3 +246,50 @@ def test_index_progress_indicator_follows_a_run_started_from_the_page(page, tmp_
             assert page.locator("#reindex").is_visible()
             screenshot(page, "indexed")
     assert page.errors == []
+
+
+# -- videos ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def video_server(tmp_path_factory):
+    """8 synth-shapes videos (two with a scene cut at 2 s) indexed with the shipped model, served."""
+    import json
+
+    from xmodal.datasets import SynthConfig, generate_synth_shapes
+
+    folder = tmp_path_factory.mktemp("browser-videos")
+    generate_synth_shapes(folder, SynthConfig(n=1, seed=3, videos=8))
+    records = [json.loads(line) for line in (folder / "videos.jsonl").read_text().splitlines()]
+    library = Library(folder / "library")
+    library.index([folder / "videos"], model="xmodal-tiny-shapes")
+    with running_server(Settings(), library) as running:
+        yield running, records
+    library.close()
+
+
+def test_a_video_hit_plays_from_its_best_moment(page, video_server):
+    server, records = video_server
+    record = records[3]  # a scene cut at 2 s: the query describes the second scene
+    scene = record["scenes"][1]
+    query = f"a {scene['color']} {scene['shape']}"
+    hits = server.client.get("/api/search", params={"q": query, "moments": 3, "min_score": -1}).json()["hits"]
+    (hit,) = [h for h in hits if h["path"].endswith(record["path"])]
+    assert hit["timestamp"] == 2.0 and [m["start"] for m in hit["moments"]] == [2.0, 0.0]
+    page.goto(server.url + "/")
+    page.locator("#status").filter(has_text="Type what you are looking for").wait_for(timeout=10_000)
+    page.locator("#query").fill(query)
+    tile = page.locator(f"#results .tile[data-item='{hit['item_id']}']")
+    tile.wait_for(timeout=15_000)
+    assert "▶ 0:02" in tile.inner_text()
+    tile.click()
+    video = page.locator("#detail-media video")
+    video.wait_for(timeout=10_000)
+    assert video.get_attribute("src").endswith(f"/api/items/{hit['item_id']}/file#t=2.000")
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#detail-media video'); return v && v.readyState >= 1; }",
+        timeout=15_000,
+    )
+    assert 2.0 <= page.evaluate("document.querySelector('#detail-media video').currentTime") < 4.0
+    moments = page.locator("#detail-moments button")
+    assert moments.count() == 1 and moments.first.inner_text().startswith("0:02")  # the other half is below the floor
+    screenshot(page, "video-detail")
+    assert page.errors == []

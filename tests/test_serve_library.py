@@ -31,7 +31,7 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("served")
     shapes = shapes_library(folder)
     video = write_video(shapes.photos / "clip.mp4")
-    shapes.library.index()  # records the video (pending until videos are embedded)
+    shapes.library.index()  # the video too: grey levels rising, so every frame is blank (indexed with a note)
     (folder / "secret.txt").write_bytes(SECRET)
     (shapes.photos.parent / "secret.txt").write_bytes(SECRET)
     settings = Settings(max_upload_bytes=256 << 10, max_query_chars=200)
@@ -74,7 +74,9 @@ def test_every_search_parameter_reaches_the_library(served):
         assert get("/api/search", params=params).json() == lib.search(**call).to_dict(), params
     repeated = get("/api/search", params=[("q", "a red circle"), ("type", "image"), ("type", "video")])
     assert repeated.json() == lib.search("a red circle", type=["image", "video"]).to_dict()
-    assert get("/api/search", params={"q": "a red circle", "type": "video"}).json()["hits"] == []
+    (clip,) = get("/api/search", params={"q": "a red circle", "type": "video", "min_score": -1}).json()["hits"]
+    assert clip["type"] == "video" and clip["timestamp"] == 0.0 and clip["duration"] == 3.0
+    assert clip["moments"] == [{"start": 0.0, "end": 3.0, "score": clip["score"]}]  # one moment: all blank
     globbed = get("/api/search", params={"q": "a red circle", "path": "*/00001*", "k": 50}).json()["hits"]
     assert globbed and all(os.path.basename(h["path"]).startswith("00001") for h in globbed)
 
@@ -205,7 +207,11 @@ def test_item_details(served):
     assert details["models"] == ["xmodal-tiny-shapes"]
     assert details["thumbnail"] == f"/api/items/{item}/thumbnail" and details["file"] == f"/api/items/{item}/file"
     clip = server.client.get(f"/api/items/{item_of(shapes, video)}").json()
-    assert clip["type"] == "video" and clip["status"] == "pending" and clip["models"] == []
+    assert clip["type"] == "video" and clip["status"] == "ok" and clip["models"] == ["xmodal-tiny-shapes"]
+    assert (clip["duration"], clip["fps"], clip["codec"], clip["width"], clip["height"]) == (3.0, 12.0, "h264", 64, 48)
+    assert (
+        clip["details"]["frame_times"] == [0.0] and "all 3 sampled frames are near-black" in clip["details"]["notes"][0]
+    )
     assert server.client.get("/api/items/999999").status_code == 404
     assert server.client.get("/api/items/0").status_code == 422
     assert server.client.get("/api/items/abc").status_code == 422
@@ -349,11 +355,11 @@ def test_listings_never_show_paths_outside_the_library_folders(served):
             h["path"]
             for h in server.client.get("/api/search", params={"q": q, "k": 1000, "min_score": -1}).json()["hits"]
         ]
-    assert len(set(seen)) == 48  # every photo, never the video (pending) nor anything else
+    assert len(set(seen)) == 49  # every photo and the video, never anything else
     assert all(p.startswith(root + os.sep) for p in seen)
     status = server.client.get("/api/status").json()
     assert [r["path"] for r in status["roots"]] == [root]
-    assert status["items"] == {"image": 48, "video": 0, "text": 0} and status["pending"]["video"] == 1
+    assert status["items"] == {"image": 48, "video": 1, "text": 0} and status["pending"]["video"] == 0
     text = server.client.get("/api/status").text
     assert str(shapes.library.folder) not in text  # nor where the library itself lives
 
@@ -421,7 +427,7 @@ def test_library_metrics(served):
     assert metric(text, "xmodal_searches_total", kind="item") >= 1
     assert metric(text, "xmodal_search_duration_seconds_count", kind="text") >= 2
     assert metric(text, "xmodal_library_items", type="image", status="ok") == 48
-    assert metric(text, "xmodal_library_items", type="video", status="pending") == 1
+    assert metric(text, "xmodal_library_items", type="video", status="ok") == 1
     assert metric(text, "xmodal_index_run_state", xmodal_index_run_state="idle") == 1
     assert metric(text, "xmodal_http_request_duration_seconds_count", method="GET", route="/api/search") >= 3
 

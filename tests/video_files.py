@@ -4,6 +4,7 @@ identify themselves, chosen timestamps (variable frame rate), rotation metadata,
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -38,13 +39,15 @@ def write_clip(
     gop: int | None = None,
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Encode RGB frames; `pts_ms` gives each frame's time in ms (variable frame rate), `rotation`
-    the display rotation in degrees clockwise (as phones write it)."""
+    the display rotation in degrees clockwise (as phones write it), `metadata` container tags."""
     frames = iter(frames)
     first = next(frames)
     height, width = first.shape[:2]
     with av.open(str(path), "w", options=container_options or {}) as out:
+        out.metadata.update(metadata or {})
         lossless = codec == "ffv1"
         opts = {"threads": "1", "preset": "ultrafast"} if codec == "libx264" else {}
         stream = out.add_stream(codec, rate=fps, options={**opts, **(options or {})})
@@ -83,3 +86,32 @@ def write_tone(path: Path, seconds: float = 0.5, rate: int = 8000) -> Path:
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def write_uhd60(path: Path, frames: int = 12) -> Path:
+    """`frames` frames of 3840x2160 at 60 fps (H.264): a gradient with a bright bar moving across."""
+    height, width = 2160, 3840
+    luma = (np.add.outer(np.arange(height) * 150 // height, np.arange(width) * 50 // width) + 16).astype(np.uint8)
+    chroma = np.full((height // 2, width), 128, np.uint8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=60, options={"preset": "ultrafast", "threads": "2"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            plane = luma.copy()
+            plane[400:800, 100 + 200 * i : 500 + 200 * i] = 235
+            frame = av.VideoFrame.from_ndarray(np.concatenate([plane, chroma]), format="yuv420p")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def broken_index_mkv(source: Path, out: Path, duration_ms: float) -> Path:
+    """A copy of an MKV whose header claims `duration_ms` and whose index (Cues) is unreadable."""
+    data = bytearray(source.read_bytes())
+    at = data.find(b"\x44\x89\x88")  # Segment Info > Duration, an 8-byte float
+    data[at + 3 : at + 11] = struct.pack(">d", duration_ms)
+    data = data.replace(b"\x1c\x53\xbb\x6b", b"\x1c\x53\xbb\x6c")  # Cues renamed: an unknown element
+    out.write_bytes(bytes(data))
+    return out

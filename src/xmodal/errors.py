@@ -38,6 +38,22 @@ class ModelFormatError(FileProblemError):
     """A model folder exists but a file in it is missing, unreadable or malformed."""
 
 
+class PrecisionTooLowError(FileProblemError):
+    """A reduced-precision copy of a model graph is too far from fp32 on this CPU to be used."""
+
+    def __init__(self, path: str | Path, tower: str, precision: str, cosine: float, threshold: float, cpu: str):
+        super().__init__(
+            path,
+            f"{precision} {tower} reaches cosine {cosine:.4f} vs fp32 on probe inputs on this CPU ({cpu}), below the "
+            f"{threshold} required; use fp32 instead (--precision fp32)",
+        )
+        self.tower = tower
+        self.precision = precision
+        self.cosine = cosine
+        self.threshold = threshold
+        self.cpu = cpu
+
+
 class MediaError(XmodalError):
     """A media item (image or video) could not be decoded; names the item and the reason."""
 

@@ -475,6 +475,8 @@ class Library:
         for rank, n in enumerate(chosen, start=1):
             candidate = candidates[n]
             row = candidate.row
+            floor = floors.get(row.type or "")
+            moments = tuple(m for i, m in enumerate(candidate.parts) if i == 0 or floor is None or m.score >= floor)
             hits.append(
                 Hit(
                     rank,
@@ -484,11 +486,12 @@ class Library:
                     float(ranked[n]),
                     float(similarity[n]),
                     datetime.fromtimestamp(row.taken_at) if row.taken_at is not None else None,
-                    candidate.parts,
+                    moments,
                     any(row.path.startswith(root.rstrip(os.sep) + os.sep) for root in offline),
                     candidate.pixel_score if candidate.caption is not None else None,
                     candidate.caption,
                     tuple(t.label for t in tags.get(row.content_hash or "", [])),
+                    row.duration if row.type == "video" else None,
                 )
             )
         best_score = float(similarity[best]) if best is not None else None

@@ -9,7 +9,7 @@ re-normalized — the weighted average of the unit vectors, as rclip does.
 Score floors ("no good match"): cosine scores live on scales set by the model and by the pair of
 modalities compared (a text query against photos, against documents, a photo against photos), so
 each pair has its own floor, below which a hit is dropped as noise; videos count as images (their
-vectors are their frames'). The query's modality is text when it has a text term (or an indexed
+vectors are their frames'), unless a floor was measured for videos themselves. The query's modality is text when it has a text term (or an indexed
 document as its example), else image. Floors by model family, for text <-> image (either way:
 the cosine is symmetric, so image -> text queries meet the same scale):
 
@@ -24,7 +24,9 @@ the cosine is symmetric, so image -> text queries meet the same scale):
   near-duplicates would hide the merely similar ones).
 * Models whose floors were measured (benchmarks/score_floors.py, recorded in BENCHMARKS.md: the
   unrelated pairs' 99th percentile, so about one unrelated pair in a hundred passes) use their
-  own: the shipped xmodal-tiny-shapes has floors for text -> image, image -> text and text -> text.
+  own: the shipped xmodal-tiny-shapes has floors for text -> image, image -> text, text -> text
+  and text -> video (its captions of motion, "a red circle moves up", score 0.05 against their
+  own videos where "a red circle" scores 0.38: it learnt from photos).
 * Other models (xmodal's own trained models, unknown folders): no floor.
 
 ``min_score`` overrides the floors: one number for every pair, or per item modality
@@ -77,10 +79,11 @@ FAMILY_MIN_SCORES: dict[str, dict[tuple[str, str], float]] = {
     "nllb-siglip": _SIGLIP_FLOORS,
 }
 MODEL_MIN_SCORES: dict[str, dict[tuple[str, str], float]] = {
-    "xmodal-tiny-shapes": {  # measured on 400 synthetic shapes photos (BENCHMARKS.md)
+    "xmodal-tiny-shapes": {  # measured on 400 synthetic shapes photos and 128 videos (BENCHMARKS.md)
         ("text", "image"): 0.20,
         ("image", "text"): 0.20,
         ("text", "text"): 0.68,
+        ("text", "video"): 0.07,  # captions of motion score far lower against videos than against photos
     },
 }
 MODALITIES = {"image": "image", "video": "image", "text": "text"}  # item type -> modality
@@ -138,7 +141,8 @@ class CaptionMatch:
 @dataclass(frozen=True)
 class Hit:
     """One search result. `score` is what ranks (after decay); `similarity` the raw cosine;
-    `moments` the item's best-matching parts, best first (videos and texts)."""
+    `moments` the item's best-matching parts, best first (videos and texts): the best one always,
+    the others only when they pass the item's score floor too; `duration` a video's length."""
 
     rank: int
     item_id: int
@@ -152,6 +156,7 @@ class Hit:
     pixel_score: float | None = None  # a photo's own (pixels') similarity, when captions took part
     caption: CaptionMatch | None = None  # a photo's best caption, when it has one
     tags: tuple[str, ...] = ()
+    duration: float | None = None
 
     @property
     def timestamp(self) -> float | None:
@@ -177,6 +182,7 @@ class Hit:
             "similarity": round(self.similarity, 6),
             "taken_at": self.taken_at.isoformat(timespec="seconds") if self.taken_at else None,
             "timestamp": self.timestamp,
+            "duration": round(self.duration, 3) if self.duration is not None else None,
             "moments": [m.to_dict() for m in self.moments],
             "offline": self.offline,
             "snippet": self.snippet,
@@ -282,10 +288,10 @@ def query_vector(
 
 
 def pair_floor(model: str, family: str, query: str, item: str) -> float | None:
-    """The floor of a (query modality, item modality) pair: measured for the model, else its
-    family's, else None (no floor)."""
+    """The floor of a (query modality, item type) pair: measured for the model, else its family's,
+    else None (no floor); an item type without a floor of its own takes its modality's."""
     floors = MODEL_MIN_SCORES.get(model) or FAMILY_MIN_SCORES.get(family) or {}
-    return floors.get((query, MODALITIES.get(item, item)))
+    return floors.get((query, item), floors.get((query, MODALITIES.get(item, item))))
 
 
 def query_modality(terms: Sequence[QueryTerm], item_types: dict[int, str] | None = None) -> str:

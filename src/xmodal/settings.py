@@ -12,6 +12,9 @@ value is an error naming the variable (or flag) and what it accepts, never silen
     XMODAL_MAX_VIDEO_BYTES  the same for videos (default 64G)
     XMODAL_MAX_TEXT_BYTES   text documents: only their first bytes up to this are read (default 16M)
     XMODAL_MAX_TEXT_WINDOWS a document's model windows embedded at most; the rest is not (default 1024)
+    XMODAL_VIDEO_FPS        frames sampled per second of video (default 1)
+    XMODAL_VIDEO_MAX_FRAMES frames sampled per video at most, spread uniformly over long ones (default 120)
+    XMODAL_VIDEO_MERGE      cosine above which consecutive frames merge into one segment (default 0.8)
     XMODAL_HOST / XMODAL_PORT / XMODAL_API_KEY   what `xmodal serve` binds to and the key it asks for
     XMODAL_MODEL_TTL        seconds an unused model stays loaded in `xmodal serve` (default 300; 0 = forever)
     XMODAL_SERVE_THREADS    inference threads of `xmodal serve` (default: one per CPU)
@@ -39,6 +42,7 @@ from xmodal.errors import InvalidArgumentError
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
+MAX_VIDEO_FRAMES = 100_000  # frames sampled per video at most, whatever the settings say
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -81,6 +85,26 @@ def parse_size(text: str, name: str) -> int:
     if not match or float(match.group(1)) <= 0:
         raise InvalidArgumentError(name, text, "a size such as 800K, 256M, 4G or a number of bytes")
     return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_positive_float(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise InvalidArgumentError(name, text, "a number > 0")
+    return value
+
+
+def parse_cosine(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 2.0
+    if not -1 <= value <= 1:
+        raise InvalidArgumentError(name, text, "a cosine from -1 to 1")
+    return value
 
 
 def parse_path(text: str, name: str) -> Path:
@@ -148,6 +172,9 @@ class Settings:
     max_video_bytes: int = _setting("XMODAL_MAX_VIDEO_BYTES", parse_size, 64 << 30)
     max_text_bytes: int = _setting("XMODAL_MAX_TEXT_BYTES", parse_size, 16 << 20)
     max_text_windows: int = _setting("XMODAL_MAX_TEXT_WINDOWS", parse_positive_int, 1024)
+    video_fps: float = _setting("XMODAL_VIDEO_FPS", parse_positive_float, 1.0, "--video-fps")
+    video_max_frames: int = _setting("XMODAL_VIDEO_MAX_FRAMES", parse_positive_int, 120, "--video-max-frames")
+    video_merge: float = _setting("XMODAL_VIDEO_MERGE", parse_cosine, 0.8, "--video-merge")
     host: str = _setting("XMODAL_HOST", _text, "127.0.0.1", "--host")
     port: int = _setting("XMODAL_PORT", parse_port, 8000, "--port")
     api_key: str | None = _setting("XMODAL_API_KEY", _text, None, "--api-key")
@@ -179,7 +206,7 @@ class Settings:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "trusted_networks", _networks(self.trusted_networks, self._label("trusted_networks")))
         _origins(self.cors_origins, self._label("cors_origins"))
-        for name in ("threads", "serve_threads", "max_query_chars", "max_text_windows"):
+        for name in ("threads", "serve_threads", "max_query_chars", "max_text_windows", "video_max_frames"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InvalidArgumentError(self._label(name), value, "a positive whole number")
@@ -188,6 +215,14 @@ class Settings:
                 raise InvalidArgumentError(self._label(name), getattr(self, name), "a positive number of bytes")
         if not 1 <= self.port <= 65535:
             raise InvalidArgumentError(self._label("port"), self.port, "a port number from 1 to 65535")
+        if self.video_max_frames > MAX_VIDEO_FRAMES:  # each frame can be a moment: the catalog holds ~1M per video
+            raise InvalidArgumentError(
+                self._label("video_max_frames"), self.video_max_frames, f"a whole number from 1 to {MAX_VIDEO_FRAMES:,}"
+            )
+        if not (isinstance(self.video_fps, (int, float)) and 0 < self.video_fps < float("inf")):
+            raise InvalidArgumentError(self._label("video_fps"), self.video_fps, "a number > 0")
+        if not (isinstance(self.video_merge, (int, float)) and -1 <= self.video_merge <= 1):
+            raise InvalidArgumentError(self._label("video_merge"), self.video_merge, "a cosine from -1 to 1")
         for name in ("model_ttl", "request_timeout"):
             if not getattr(self, name) >= 0:
                 raise InvalidArgumentError(self._label(name), getattr(self, name), "a number of seconds >= 0")

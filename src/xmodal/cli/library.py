@@ -54,6 +54,19 @@ def index(
         help="Vector index: auto (default), exact, exact,fp32, Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32 (any Faiss factory string).",
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
+    video_fps: float = typer.Option(
+        None, "--video-fps", help="Video frames sampled per second (default 1; $XMODAL_VIDEO_FPS)."
+    ),
+    video_max_frames: int = typer.Option(
+        None,
+        "--video-max-frames",
+        help="Frames sampled per video at most, spread over long ones (default 120; $XMODAL_VIDEO_MAX_FRAMES).",
+    ),
+    video_merge: float = typer.Option(
+        None,
+        "--video-merge",
+        help="Cosine above which consecutive frames merge into one moment (default 0.8; $XMODAL_VIDEO_MERGE).",
+    ),
     workers: int = typer.Option(None, "--workers", min=1, help="Decode threads (default: one per CPU)."),
     dry_run: bool = flag("Only say what would be added, updated and removed.", "--dry-run"),
     wait: bool = flag("If another process is indexing this library, wait for it.", "--wait"),
@@ -66,16 +79,20 @@ def index(
     ),
     quiet: bool = flag("No progress bar.", "--quiet", "-q"),
 ) -> None:
-    """Index photos and text documents (and record videos) under PATHS: incremental, resumable,
-    crash-safe. A .txt or .caption file named like a photo (IMG_1.txt beside IMG_1.jpg) is also
-    that photo's caption, and so is the description a photo carries (XMP, IPTC, EXIF).
+    """Index photos, videos and text documents under PATHS: incremental, resumable, crash-safe.
+    Videos are sampled at about --video-fps frames per second (at most --video-max-frames, spread
+    over long ones) and cut into moments where the picture changes. A .txt or .caption file named
+    like a photo (IMG_1.txt beside IMG_1.jpg) is also that photo's caption, and so is the
+    description a photo carries (XMP, IPTC, EXIF).
 
     Exit codes: 0 when anything was indexed (failed files are listed by `xmodal status --errors`),
     1 when every file failed, 75 when another process is indexing the library (see --wait),
     130 when interrupted and 143 when terminated (what was done is kept in both cases).
     """
+    from xmodal import settings
     from xmodal.store.ingest import EmbedConfig
 
+    settings.configure(video_fps=video_fps, video_max_frames=video_max_frames, video_merge=video_merge)
     if no_text and text_ext:
         raise typer.BadParameter("--no-text and --text-ext contradict each other")
     config = EmbedConfig(batch_size=batch_size, workers=workers)

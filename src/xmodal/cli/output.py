@@ -38,8 +38,9 @@ def _clock(seconds: float | None) -> str:
 def _cells(hit: Hit, with_time: bool) -> list[str]:
     taken = hit.taken_at.isoformat(sep=" ", timespec="minutes") if hit.taken_at else ""
     cells = [str(hit.rank), f"{hit.score:.4f}", str(hit.item_id), hit.type, taken]
-    if with_time:
-        cells.append(_clock(hit.timestamp))
+    if with_time:  # a video's moments, best first (one or several, as --moments asks)
+        starts = [m.start for m in hit.moments] if hit.type == "video" else []
+        cells.append(" ".join(_clock(start) for start in starts))
     return cells
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.errors import InvalidArgumentError, MediaError, describe_item
 from xmodal.eval.cache import EmbeddingCache
 from xmodal.eval.datasets.base import MediaSource
@@ -34,7 +35,7 @@ from xmodal.media.hashing import content_hash
 from xmodal.media.video import FramePolicy
 from xmodal.models.embedder import Embedder
 from xmodal.models.encoder import Encoder, l2_normalize
-from xmodal.models.video import VideoEmbedding, embed_video
+from xmodal.models.video import VideoEmbedding, configured_policy, embed_video
 from xmodal.progress import NullProgress, Progress
 from xmodal.store.ingest.embed import EmbedConfig
 from xmodal.store.ingest.embed import embed as embed_stage
@@ -60,10 +61,10 @@ class Embedded:
 
 
 def video_policy(pooling: str, frames: int = DEFAULT_FRAMES) -> FramePolicy:
-    """The frame sampling a pooling uses: `frames` uniform frames, else xmodal's default policy."""
+    """The frame sampling a pooling uses: `frames` uniform frames, else the library's (the settings')."""
     if pooling not in POOLINGS:
         raise InvalidArgumentError("pooling", pooling, POOLINGS)
-    return FramePolicy.uniform(frames) if pooling == "uniform" else FramePolicy()
+    return FramePolicy.uniform(frames) if pooling == "uniform" else configured_policy()
 
 
 def pool_video(video: VideoEmbedding, pooling: str) -> np.ndarray:
@@ -152,8 +153,10 @@ def embed_items(
 
 
 def video_key_suffix(pooling: str, policy: FramePolicy) -> str:
-    """What a video's cache key adds to its content hash: the pooling and the frame sampling."""
-    return f":{pooling}:{policy.key}"
+    """What a video's cache key adds to its content hash: the pooling, the frame sampling and, for
+    the poolings of segments, the merge threshold."""
+    merge = "" if pooling == "uniform" else f":merge{settings.current().video_merge:g}"
+    return f":{pooling}:{policy.key}{merge}"
 
 
 def _item_keys(
@@ -215,7 +218,7 @@ def _embed_images(
     embed stage; `keys` are the items' content hashes (computed once, for the cache)."""
     jobs = [_image_job(item, key, n) for n, (item, key) in enumerate(zip(items, keys, strict=True))]
     position = {id(job): n for n, job in enumerate(jobs)}
-    config = EmbedConfig(batch_size=batch_size, descriptions=False, whole_batches=True)
+    config = EmbedConfig(batch_size=batch_size, descriptions=False, whole_batches=True, types=frozenset({"image"}))
     errors: dict[int, str] = {}
     by_hash: dict[str, np.ndarray] = {}  # a content met twice is encoded once
     for results in embed_stage(jobs, embedder, config=config):
@@ -256,7 +259,9 @@ def _embed_videos(
 
     def one(path: MediaSource) -> VideoEmbedding | MediaError:
         try:
-            return embed_video(embedder, path, policy, batch_size=batch_size)  # type: ignore[arg-type]
+            return embed_video(  # the library's path: its policy, its merge threshold
+                embedder, path, policy, batch_size=batch_size, merge_threshold=settings.current().video_merge
+            )  # type: ignore[arg-type]
         except MediaError as exc:
             return exc
 

@@ -42,6 +42,7 @@ import os
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
@@ -79,6 +80,7 @@ class VideoInfo:
     has_audio: bool
     keyframe_interval_s: float | None  # typical distance between keyframes (decides seeking)
     notes: tuple[str, ...] = ()  # what was odd about the file but did not stop it
+    recorded_at: float | None = None  # epoch seconds of the container's creation_time, when it has a real one
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,7 @@ class VideoReader:
             has_audio=any(not _is_cover(s) for s in container.streams.audio),
             keyframe_interval_s=_keyframe_interval(stream, head, duration),
             notes=tuple(notes),
+            recorded_at=_recorded_at(container, stream),
         )
         return info, clock, pixel_aspect
 
@@ -581,6 +584,20 @@ def _is_blank(pixels: np.ndarray, policy: FramePolicy) -> bool:
     if float((luma < policy.black_level * 255).mean()) >= policy.black_share:
         return True
     return float(sample.reshape(-1, 3).std(axis=0).max()) < policy.blank_spread
+
+
+def _recorded_at(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    """When the video was recorded, from the creation_time tag cameras and phones write (ISO 8601,
+    UTC unless it says); None without one, or with a placeholder before 1971 (an unset MP4 date)."""
+    text = container.metadata.get("creation_time") or stream.metadata.get("creation_time")
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return when.timestamp() if when.year >= 1971 else None
 
 
 def _file_signature(path: Path) -> tuple[int, int]:

@@ -39,7 +39,9 @@ def load_model(
     """Load a model by folder, shipped name (``xmodal-tiny-shapes``), Immich name
     (``ViT-B-32__openai``) or hub ``org/repo``.
 
-    precision: "fp32", "int8" (ONNX Runtime dynamic quantization, cached) or "bf16" (OpenVINO).
+    precision: "fp32", "int8" (ONNX Runtime dynamic quantization, cached; each tower is checked
+    against fp32 on this CPU kind when first used and refused below cosine 0.99 with
+    PrecisionTooLowError) or "bf16" (OpenVINO).
     runtime: "auto", "onnxruntime", "openvino", or the folder's Rockchip NPU graphs (made by
     `xmodal models rknn`): "rknn-sim" in Rockchip's simulator, "rknn" on a board's NPU, each also as
     "rknn-sim:rk3566" to pick a SoC; their precision is the one they were converted with.

@@ -17,8 +17,9 @@ from xmodal.errors import InvalidArgumentError, MediaError, ModelFormatError
 from xmodal.media.image import DecodedImage, DecodeOptions, ImageInput, decode_image
 from xmodal.models.config import ModelConfig
 from xmodal.models.preprocess import ImagePreprocessor
+from xmodal.models.quantize import PROBE_TEXTS, probe_images
 from xmodal.models.registry import known_models
-from xmodal.models.runtime import NPU_RUNTIMES, EncoderSession, create_session
+from xmodal.models.runtime import NPU_RUNTIMES, EncoderSession, Int8Probe, create_session
 from xmodal.models.tokenizer import TextTokenizer, TokenBatch
 from xmodal.parallel import bounded_map
 
@@ -66,7 +67,7 @@ class Encoder:
         self.image_size = config.preprocess.size
         self.decode_options = decode or DecodeOptions(draft_size=2 * self.image_size)
         self.preprocess = ImagePreprocessor(config.preprocess)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: an int8 session's probe needs the tokenizer
         self._sessions: dict[str, EncoderSession] = {}
         self._tokenizer: TextTokenizer | None = None
 
@@ -112,8 +113,10 @@ class Encoder:
         with self._lock:
             if tower not in self._sessions:
                 path = self.config.visual_path if tower == "visual" else self.config.textual_path
+                npu = self.runtime.partition(":")[0] in NPU_RUNTIMES  # NPU graphs keep their own precision
+                probe = self._int8_probe(tower) if self.precision == "int8" and not npu else None
                 self._sessions[tower] = create_session(
-                    path, runtime=self.runtime, precision=self.precision, threads=self.threads
+                    path, runtime=self.runtime, precision=self.precision, threads=self.threads, probe=probe
                 )
             return self._sessions[tower]
 
@@ -122,6 +125,18 @@ class Encoder:
         a load-time measurement); returns the graph file each tower runs (for int8 the quantized copy)."""
         _ = self.tokenizer
         return {tower: self.session(tower).path for tower in ("visual", "textual")}
+
+    def _int8_probe(self, tower: str) -> Int8Probe:
+        """The fixed probe images or texts, prepared for this model, an int8 tower is checked on."""
+        if tower == "visual":
+            pixels = self.preprocess.batch(probe_images())
+            return Int8Probe("image tower", _digest(pixels), lambda s: l2_normalize(s.run({s.input_names[0]: pixels})))
+        tokens = self.tokenize(PROBE_TEXTS)
+        return Int8Probe(
+            "text tower",
+            _digest(tokens.ids, tokens.attention_mask),
+            lambda s: l2_normalize(s.run(self._text_feeds(s, tokens))),
+        )
 
     @property
     def tokenizer(self) -> TextTokenizer:
@@ -209,6 +224,9 @@ class Encoder:
         if len(tokens) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         session = self.session("textual")
+        return l2_normalize(session.run(self._text_feeds(session, tokens)))
+
+    def _text_feeds(self, session: EncoderSession, tokens: TokenBatch) -> dict[str, np.ndarray]:
         feeds: dict[str, np.ndarray] = {}
         for name in session.input_names:
             if name in ("text", "input_ids"):
@@ -220,7 +238,7 @@ class Encoder:
                     self.config.textual_path,
                     f"unexpected input {name!r}; expected 'text' or 'input_ids' + 'attention_mask'",
                 )
-        return l2_normalize(session.run(feeds))
+        return feeds
 
     def embed_texts(
         self,
@@ -247,6 +265,13 @@ class Encoder:
             for i in range(0, len(texts), batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _file_signature(path: Path, sample: int = 1 << 20) -> bytes:

@@ -1,8 +1,9 @@
 """Inference runtimes behind one small Protocol, and the one place that picks a runtime.
 
 ONNX Runtime is the default (fp32, and int8 through dynamic quantization of a cached copy of the
-graph). OpenVINO, when installed, runs the same ONNX files and uses bf16 on CPUs with AMX/AVX-512
-BF16. Neither needs torch. The RKNN runtimes run a tower's Rockchip NPU graph
+graph, checked against fp32 on probe inputs before first use on each CPU kind). OpenVINO, when
+installed, runs the same ONNX files and uses bf16 on CPUs with AMX/AVX-512 BF16. Neither needs
+torch. The RKNN runtimes run a tower's Rockchip NPU graph
 (TOWER/rknpu/SOC/model.rknn, see xmodal.models.rknn): "rknn-sim" in Rockchip's simulator (the
 toolkit in its own environment), "rknn" on a board's NPU through rknn-toolkit-lite2; a tower
 without an NPU graph runs on ONNX Runtime, as Immich does.
@@ -12,18 +13,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from xmodal.errors import InvalidArgumentError, ModelFormatError
+from xmodal.errors import InvalidArgumentError, ModelFormatError, PrecisionTooLowError
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "onnxruntime", "openvino", "rknn-sim", "rknn")
 NPU_RUNTIMES = ("rknn-sim", "rknn")  # also as KIND:SOC, e.g. "rknn-sim:rk3566"
 PRECISIONS = ("fp32", "int8", "bf16")
+MIN_INT8_COSINE = 0.99  # lowest cosine to fp32 an int8 graph may reach on the probe inputs
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -41,6 +45,15 @@ class EncoderSession(Protocol):
     path: Path  # the graph file the session runs
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Int8Probe:
+    """Deterministic inputs an int8 graph is checked on against its fp32 source before use."""
+
+    tower: str  # for messages: "image tower" | "text tower"
+    digest: str  # identifies the inputs in the record of the check
+    embed: Callable[[EncoderSession], np.ndarray]  # the probe's L2-normalized (N, D) rows from a session
 
 
 class OnnxRuntimeSession:
@@ -248,8 +261,14 @@ def npu_session(path: Path, runtime: str, threads: int | None = None) -> Encoder
     return RknnSimulatorSession(path, report) if kind == "rknn-sim" else RknnBoardSession(path, report)
 
 
-def create_session(path: Path, *, runtime: str, precision: str, threads: int | None = None) -> EncoderSession:
-    """Open `path` with the runtime and precision asked for; the one place runtimes are chosen."""
+def create_session(
+    path: Path, *, runtime: str, precision: str, threads: int | None = None, probe: Int8Probe | None = None
+) -> EncoderSession:
+    """Open `path` with the runtime and precision asked for; the one place runtimes are chosen.
+
+    int8 needs a probe: the quantized copy is refused (PrecisionTooLowError) when its embeddings
+    of the probe fall below MIN_INT8_COSINE to fp32 on this CPU.
+    """
     if runtime.partition(":")[0] in NPU_RUNTIMES:
         return npu_session(path, runtime, threads)
     if precision not in PRECISIONS:
@@ -262,14 +281,34 @@ def create_session(path: Path, *, runtime: str, precision: str, threads: int | N
         case "onnxruntime", "fp32":
             return OnnxRuntimeSession(path, threads)
         case "onnxruntime", "int8":
-            from xmodal.models.quantize import quantized_copy
-
-            return OnnxRuntimeSession(quantized_copy(path), threads)
+            if probe is None:
+                raise InvalidArgumentError("probe", None, "probe inputs to check the int8 graph on")
+            return _checked_int8_session(path, probe, threads)
         case "openvino", ("fp32" | "bf16"):
             return OpenVinoSession(path, precision, threads)
     raise InvalidArgumentError(
         "runtime/precision", f"{runtime}/{precision}", "onnxruntime with fp32|int8, openvino with fp32|bf16"
     )
+
+
+def _checked_int8_session(path: Path, probe: Int8Probe, threads: int | None) -> OnnxRuntimeSession:
+    """The int8 copy of `path` with the weight range this CPU computes exactly, once its lowest
+    cosine to fp32 on the probe is known (measured once per CPU kind, then read from the cache)."""
+    from xmodal.models.quantize import checked_cosine, cpu_int8, quantized_copy
+
+    cpu = cpu_int8()
+    copy = quantized_copy(path, reduce_range=cpu.saturates)
+    opened: list[OnnxRuntimeSession] = []  # a recorded refusal opens no session at all
+
+    def measure() -> float:
+        opened.append(OnnxRuntimeSession(copy, threads))
+        reference = probe.embed(OnnxRuntimeSession(path, threads))
+        return float(np.min(np.sum(reference * probe.embed(opened[0]), axis=1)))
+
+    cosine = checked_cosine(copy, probe.digest, measure, cpu)
+    if cosine < MIN_INT8_COSINE:
+        raise PrecisionTooLowError(path, probe.tower, "int8", cosine, MIN_INT8_COSINE, cpu.kind)
+    return opened[0] if opened else OnnxRuntimeSession(copy, threads)
 
 
 def _check_file(path: Path) -> None:

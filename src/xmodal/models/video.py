@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.errors import InvalidArgumentError, MediaError
 from xmodal.media.video import FramePolicy, VideoFrame, VideoInfo, open_video
 from xmodal.models.embedder import Embedder
@@ -40,6 +41,13 @@ log = logging.getLogger(__name__)
 # <= 0.55 (BENCHMARKS.md, "Video"). Real CLIP weights cannot be fetched here: re-measure with
 # benchmarks/video.py where they can.
 MERGE_THRESHOLD = 0.8
+
+
+def configured_policy(config: settings.Settings | None = None) -> FramePolicy:
+    """The frame policy of the settings (XMODAL_VIDEO_FPS / --video-fps, XMODAL_VIDEO_MAX_FRAMES /
+    --video-max-frames): what the library indexes with and evaluation's segment poolings use."""
+    config = config or settings.current()
+    return FramePolicy(fps=config.video_fps, max_frames=config.video_max_frames)
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,13 @@ def embed_dataset(
     progress.start("items", plan.count)
     shard_progress.advance(len(done))
     progress.advance(sum(m["items"] for m in done.values()))
-    config = EmbedConfig(batch_size=options.batch_size, workers=max(2, options.cpus_per_worker))
+    config = EmbedConfig(
+        batch_size=options.batch_size,
+        workers=max(2, options.cpus_per_worker),
+        types=frozenset({"image"}),
+        skipped_reason="{type} files are not embedded by embed-dataset, which stores images and captions "
+        "(xmodal index embeds them)",
+    )
     for marker in _run(todo, embedder, str(model), folder, config, options, report):
         done[marker["shard"]] = marker
         report.embedded += 1

@@ -248,8 +248,9 @@ def _group_job(
     captions[path] = tuple(c for c in group.captions if c)
     limit = limits.max_bytes(kind)
     handle = tar.extractfile(member)
-    # one byte past the limit is enough for the embed stage to refuse it, naming the limit
-    data = handle.read(min(member.size, limit + 1)) if handle else b""
+    # one byte past the limit is enough for the embed stage to refuse it, naming the limit; a video
+    # is never read (the embed stage records it as pending without its bytes)
+    data = handle.read(min(member.size, limit + 1)) if handle and kind == "image" else b""
     yield FileJob(path, kind, member.size, int(member.mtime * 1e9), data=data)
 
 

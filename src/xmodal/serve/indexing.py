@@ -39,6 +39,9 @@ _WORKER_SETTINGS = {
     "max_image_bytes": "XMODAL_MAX_IMAGE_BYTES",
     "max_video_bytes": "XMODAL_MAX_VIDEO_BYTES",
     "max_text_bytes": "XMODAL_MAX_TEXT_BYTES",
+    "video_fps": "XMODAL_VIDEO_FPS",
+    "video_max_frames": "XMODAL_VIDEO_MAX_FRAMES",
+    "video_merge": "XMODAL_VIDEO_MERGE",
 }
 
 

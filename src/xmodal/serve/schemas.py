@@ -123,7 +123,8 @@ class HitOut(BaseModel):
     similarity: float = Field(description="The raw cosine similarity")
     taken_at: str | None
     timestamp: float | None = Field(description="Videos: the second to play from (the best moment's start)")
-    moments: list[MomentOut]
+    duration: float | None = Field(default=None, description="Videos: the length in seconds")
+    moments: list[MomentOut] = Field(description="The best-matching parts, best first (video moments: seconds)")
     offline: bool = Field(description="The file sits under a folder that is offline now")
 
 
@@ -148,7 +149,7 @@ class ItemDetails(BaseModel):
     size: int
     modified_at: str | None
     taken_at: str | None
-    taken_at_source: str | None = Field(description="exif or mtime")
+    taken_at_source: str | None = Field(description="exif (photos), metadata (a video's creation_time) or mtime")
     added_at: str | None
     width: int | None
     height: int | None

@@ -71,8 +71,8 @@ class ItemRecord:
     width: int | None
     height: int | None
     duration: float | None
-    taken_at: float | None  # seconds since the epoch (EXIF capture time, else the file's mtime)
-    taken_at_source: str | None  # "exif" | "mtime"
+    taken_at: float | None  # seconds since the epoch (EXIF capture time, a video's recording time, else mtime)
+    taken_at_source: str | None  # "exif" | "metadata" | "mtime"
     fps: float | None = None
     codec: str | None = None
     rotation: int | None = None
@@ -370,6 +370,18 @@ class Catalog:
     def item_by_path(self, path: str) -> ItemRecord | None:
         row = self.conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ?", (encode_path(path),)).fetchone()
         return ItemRecord.from_row(row) if row else None
+
+    def details_by_hash(self, hashes: Iterable[str], type: str) -> dict[str, dict]:
+        """The details of an ok row of each content (of one type) that has any: what was learnt
+        decoding it, for another file with the same content that was not decoded again."""
+        rows = select_in(
+            self.conn,
+            "SELECT content_hash, details FROM items WHERE type = ? AND status = 'ok' AND details IS NOT NULL "
+            "AND content_hash IN ({marks}) ORDER BY id",
+            hashes,
+            (type,),
+        )
+        return {digest: json.loads(details) for digest, details in reversed(list(rows))}
 
     def upsert_items(self, updates: Sequence[ItemUpdate], revision: int) -> None:
         """Insert or update rows by path (call inside `transaction()`)."""

@@ -372,7 +372,8 @@ function showFacts(hit, item, problem) {
     if (item.width && item.height) rows.push(["Dimensions", `${item.width} × ${item.height}`]);
     if (item.duration) rows.push(["Duration", `${clock(item.duration)}${item.fps ? ` at ${item.fps.toFixed(2)} fps` : ""}`]);
     if (item.codec) rows.push(["Codec", item.codec]);
-    rows.push(["Date from", item.taken_at_source === "exif" ? "the photo's EXIF data" : "the file's modification time"]);
+    const sources = { exif: "the photo's EXIF data", metadata: "the video's recording date" };
+    rows.push(["Date from", sources[item.taken_at_source] || "the file's modification time"]);
     rows.push(["Added", when(item.added_at)]);
   }
   if (hit.offline) rows.push(["Folder", "offline (unmounted?)"]);

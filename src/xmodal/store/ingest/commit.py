@@ -9,6 +9,7 @@ and keeps its id and added date. What is still gone when the run ends is deleted
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 from xmodal.progress import Progress
 from xmodal.store.catalog import Catalog, ItemRecord
@@ -45,6 +46,7 @@ class Committer:
             return
         moves: dict[str, ItemRecord] = {}  # new path -> the gone row it takes over
         with self.catalog.transaction() as revision:
+            self._inherit_details(results)
             fresh = []
             for result in results:
                 twin = self._moved_from(result)
@@ -77,6 +79,23 @@ class Committer:
                 if root in self.plan.gone:  # a single file given as a root, deleted since
                     self.catalog.forget_root(root)
         self.plan.gone = {}
+
+    def _inherit_details(self, results: list[EmbedResult]) -> None:
+        """A video whose content was decoded before (a copy, a touched file) was only probed: it
+        keeps what that decoding learnt (frame times, notes) from the row that has it."""
+        bare = [
+            r
+            for r in results
+            if r.row.type == "video" and r.row.status == "ok" and not r.encoded and r.row.content_hash
+            if "frame_times" not in (r.row.details or {})
+        ]
+        if not bare:
+            return
+        known = self.catalog.details_by_hash([r.row.content_hash or "" for r in bare], "video")
+        for result in bare:
+            details = known.get(result.row.content_hash or "")
+            if details is not None:
+                result.row = replace(result.row, details=details | (result.row.details or {}))
 
     def _moved_from(self, result: EmbedResult) -> ItemRecord | None:
         """The gone row this new file is a move of (same content), if any."""

@@ -13,7 +13,13 @@ Per type: a photo's vector is its pixels', and the description embedded in it (X
 becomes its segments, one per text window. A text document (see `xmodal.media.text` for decoding
 and language) is split into the model's overlapping context-length windows (at most
 `max_text_windows`), each stored as a segment with its character span and words; the document's
-own vector is the mean of its windows' (re-normalized).
+own vector is the mean of its windows' (re-normalized). A video goes through
+`xmodal.models.video.embed_video` on its decode thread (frames sampled by the settings' frame
+policy, decoded one at a time, embedded in batches): its own vector is the clip vector, its
+segments the moments (seconds); the row keeps what the video is (duration, fps, size, codec,
+rotation) and, in `details`, the frame times used and the notes on anything odd about the file.
+A video is never held in memory: its bytes are only hashed as they stream, and it is handed on as
+soon as it is done, so a crash loses at most the video being decoded.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from xmodal.errors import InvalidArgumentError, MediaError
 from xmodal.media.files import FileContent, content_of, read_file
 from xmodal.media.image import Description, decode_image, probe_image
 from xmodal.media.text import decode_text, document_language
+from xmodal.media.video import probe_video
 from xmodal.models.embedder import Embedder
 from xmodal.models.encoder import l2_normalize
 from xmodal.models.tokenizer import TokenBatch, concat_batches, known_language
+from xmodal.models.video import VideoEmbedding, configured_policy, embed_video
 from xmodal.parallel import bounded_map
 from xmodal.store.catalog import ItemUpdate, Segment
 from xmodal.store.ingest.plan import FileJob
@@ -42,7 +50,7 @@ from xmodal.store.ingest.plan import FileJob
 log = logging.getLogger(__name__)
 
 # Media types this version embeds; files of other types are recorded as pending for a later one.
-READY_TYPES = frozenset({"image", "text"})
+READY_TYPES = frozenset({"image", "video", "text"})
 PENDING_REASON = "{type} indexing is not supported by this version yet (recorded; indexed by a later one)"
 _LIMIT_SETTINGS = {
     "image": "XMODAL_MAX_IMAGE_BYTES",
@@ -62,13 +70,17 @@ class EmbedConfig:
     `descriptions`: embed the descriptions photos carry (off with the library's text indexing).
     `whole_batches`: the encoder only ever takes `batch_size` inputs in job order (the last batch
     shorter), never a partial batch while decoding lags, so the same jobs give bit-identical
-    vectors whatever the machine's load (benchmarks want that; an index run wants the encoder busy)."""
+    vectors whatever the machine's load (benchmarks want that; an index run wants the encoder busy).
+    `types`: the media types this run embeds (default: every type this version embeds); files of
+    the others are recorded as pending, with `skipped_reason`."""
 
     batch_size: int = 32
     workers: int | None = None
     flush_seconds: float = 2.0
     descriptions: bool = True
     whole_batches: bool = False
+    types: frozenset[str] = READY_TYPES
+    skipped_reason: str = PENDING_REASON
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -114,6 +126,7 @@ class EmbedRun:
     def __init__(self, jobs: Iterable[FileJob], embedder: Embedder, known: Container[str], config: EmbedConfig):
         self.jobs, self.embedder, self.known, self.config = jobs, embedder, known, config
         self.limits = settings.current()
+        self.frame_policy = configured_policy(self.limits)
         self._ready: list[_Prepared] = []  # complete: the row's vector (if any) is known
         self._batch: list[_Prepared] = []  # waiting for the encoder
         self._out: list[list[EmbedResult]] = []
@@ -152,7 +165,9 @@ class EmbedRun:
         else:
             item.pixels = item.windows = None  # failed, known content, or a duplicate of content already encoded
             self._ready.append(item)
-        if self._fill() >= self.config.batch_size:
+        if item.result.encoded and item.result.row.type == "video":
+            self._flush(encode=False)  # a video is costly work: committed at once, not lost to a crash
+        elif self._fill() >= self.config.batch_size:
             self._flush(encode=True)
         elif time.monotonic() - self._last >= self.config.flush_seconds:
             self._flush(encode=False)
@@ -215,9 +230,14 @@ class EmbedRun:
 
     def _prepare(self, job: FileJob) -> _Prepared:
         """Read, hash and (when its content is not known) decode one file; never raises MediaError."""
-        if job.type not in READY_TYPES:
-            reason = PENDING_REASON.format(type=job.type.capitalize())
+        if job.type not in READY_TYPES or job.type not in self.config.types:
+            reason = (PENDING_REASON if job.type not in READY_TYPES else self.config.skipped_reason).format(
+                type=job.type.capitalize()
+            )
             return _Prepared(EmbedResult(job, _row(job, "pending", error=reason)))
+        if job.data is not None and job.type == "video":
+            reason = "a video inside an archive: videos are decoded from files of their own (extract it first)"
+            return _Prepared(EmbedResult(job, _row(job, "failed", error=reason)))
         limit, limit_name = self.limits.max_bytes(job.type), _LIMIT_SETTINGS[job.type]
         try:
             head = job.type == "text"
@@ -232,12 +252,22 @@ class EmbedRun:
                     head=head,
                 )
             else:
-                content = read_file(job.path, limit, digest=job.known_hash is None, limit_name=limit_name, head=head)
+                content = read_file(
+                    job.path,
+                    limit,
+                    keep=job.type != "video",  # a video is only hashed here; it is decoded from its file
+                    digest=job.known_hash is None,
+                    limit_name=limit_name,
+                    head=head,
+                )
         except MediaError as exc:
             return _Prepared(EmbedResult(job, _row(job, "failed", error=exc.reason)))
         digest = job.known_hash or content.digest
-        assert content.data is not None and digest is not None
+        assert digest is not None
         try:
+            if job.type == "video":
+                return self._prepare_video(job, content, digest)
+            assert content.data is not None
             if job.type == "text":
                 return self._prepare_text(job, content, digest)
             return self._prepare_image(job, content, digest)
@@ -253,13 +283,10 @@ class EmbedRun:
             info, pixels = decoded, self.embedder.preprocess(decoded.image)
         description = info.description if self.config.descriptions else None
         taken = info.taken_at.timestamp() if info.taken_at else content.mtime_ns / 1e9
-        row = ItemUpdate(
-            job.path,
-            "image",
-            "ok",
-            content.size,
-            content.mtime_ns,
-            content_hash=digest,
+        row = _ok_row(
+            job,
+            content,
+            digest,
             width=info.width,
             height=info.height,
             taken_at=taken,
@@ -271,6 +298,34 @@ class EmbedRun:
             self._windows(prepared, description.text, description.language)
         return prepared
 
+    def _prepare_video(self, job: FileJob, content: FileContent, digest: str) -> _Prepared:
+        """Embed a video (or, when its content is known, only probe it) from its file, which must
+        still be the file that was hashed."""
+        video: VideoEmbedding | None = None
+        if digest in self.known:
+            info = probe_video(job.path)
+            details = {"notes": list(info.notes)} if info.notes else {}
+        else:
+            video = embed_video(
+                self.embedder,
+                job.path,
+                self.frame_policy,
+                batch_size=self.config.batch_size,
+                merge_threshold=self.limits.video_merge,
+            )
+            info = video.info
+            details = video_details(video, self.frame_policy.key)
+        _check_unchanged(job.path, content)
+        what = {"duration": info.duration_s, "fps": info.fps, "codec": info.codec, "rotation": info.rotation}
+        if info.recorded_at is not None:  # else the file's modification time
+            what |= {"taken_at": info.recorded_at, "taken_at_source": "metadata"}
+        row = _ok_row(job, content, digest, width=info.width, height=info.height, details=details or None, **what)
+        result = EmbedResult(job, row)
+        if video is not None:
+            result.vector = video.clip_vector
+            result.segments = [Segment(s.start, s.end, s.vector) for s in video.segments]
+        return _Prepared(result)
+
     def _prepare_text(self, job: FileJob, content: FileContent, digest: str) -> _Prepared:
         decoded = decode_text(content.data, job.path, truncated=content.truncated)
         language, language_source = document_language(decoded.text)
@@ -279,17 +334,7 @@ class EmbedRun:
             details |= {"language": language, "language_source": language_source}
         if decoded.truncated:
             details["read_bytes"] = len(content.data)
-        row = ItemUpdate(
-            job.path,
-            "text",
-            "ok",
-            content.size,
-            content.mtime_ns,
-            content_hash=digest,
-            taken_at=content.mtime_ns / 1e9,
-            taken_at_source="mtime",
-            details=details,
-        )
+        row = _ok_row(job, content, digest, details=details)
         prepared = _Prepared(EmbedResult(job, row))
         if digest not in self.known:
             self._windows(prepared, decoded.text, language)
@@ -311,6 +356,31 @@ def embed(
     return EmbedRun(jobs, embedder, known, config or EmbedConfig())
 
 
+def video_details(video: VideoEmbedding, policy_key: str) -> dict:
+    """What a video's row keeps beyond its columns: the frame times embedded (seconds), the
+    sampling policy they came from, blank frames skipped, and the notes on anything odd."""
+    details: dict = {
+        "frame_times": [round(t, 3) for t in video.frame_times],
+        "frame_policy": policy_key,
+        "segments": len(video.segments),
+    }
+    if video.info.variable_frame_rate:
+        details["variable_frame_rate"] = True
+    if video.blank_frames:
+        details["blank_frames"] = video.blank_frames
+    return details | ({"notes": list(video.notes)} if video.notes else {})
+
+
+def _check_unchanged(path: str, content: FileContent) -> None:
+    """The file decoded must be the one hashed: one still being written has changed since."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        raise MediaError(path, "file disappeared while it was read") from None
+    if (stat.st_size, stat.st_mtime_ns) != (content.size, content.mtime_ns):
+        raise MediaError(path, "the file changed while it was read (still being written?); try again later")
+
+
 def _rows(tokens: TokenBatch, start: int, stop: int) -> TokenBatch:
     return TokenBatch(tokens.ids[start:stop], tokens.attention_mask[start:stop])
 
@@ -320,6 +390,13 @@ def _description_details(description: Description | None) -> dict | None:
         return None
     details = {"description": description.text[:SNIPPET_CHARS], "description_source": description.source}
     return details | ({"description_language": description.language} if description.language else {})
+
+
+def _ok_row(job: FileJob, content: FileContent, digest: str, **fields) -> ItemUpdate:
+    """The row of a file read and decoded: its type, size, mtime, content hash and `fields` (the
+    date taken is the file's modification time unless the fields say otherwise)."""
+    fields = {"taken_at": content.mtime_ns / 1e9, "taken_at_source": "mtime", **fields}
+    return ItemUpdate(job.path, job.type, "ok", content.size, content.mtime_ns, content_hash=digest, **fields)
 
 
 def _row(job: FileJob, status: str, *, error: str, size: int | None = None, mtime_ns: int | None = None) -> ItemUpdate:
