@@ -2,7 +2,7 @@
 # Install everything the tests need into .venv, then run the whole offline test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh torch,openvino,dev
+bash scripts/install.sh torch,openvino,ray,dev
 # The browser tests drive Debian's Chromium through Playwright; no browser build is ever downloaded.
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -31,15 +31,16 @@ class RunningServer:
 
 @contextmanager
 def running_server(
-    settings: Settings | None = None, library: Any | None = None, **overrides: Any
+    settings: Settings | None = None, library: Any | None = None, embeddings: Any | None = None, **overrides: Any
 ) -> Iterator[RunningServer]:
-    """Start the app for `settings` (plus overrides) under uvicorn; yield once /healthz answers."""
+    """Start the app for `settings` (plus overrides) and a library or an embeddings folder under
+    uvicorn; yield once /healthz answers."""
     settings = settings or Settings()
     if overrides:
         from dataclasses import replace
 
         settings = replace(settings, **overrides)
-    app = create_app(settings, library)
+    app = create_app(settings, library, embeddings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -19,12 +19,15 @@ from typer.testing import CliRunner
 
 import xmodal
 from helpers import FIXTURES
+from library_helpers import count_model_calls, make_bad_corpus, make_photo_tree
 from xmodal.cli import app
 from xmodal.eval.cache import EmbeddingCache
 from xmodal.eval.datasets import ReadOptions, read_dataset
 from xmodal.eval.embedding import embed_items
 from xmodal.eval.metrics import metrics_from_ranks
 from xmodal.eval.retrieval import evaluate_retrieval
+from xmodal.library import Library
+from xmodal.media.formats import media_type
 from xmodal.media.video import FramePolicy, open_video
 from xmodal.models.encoder import l2_normalize
 
@@ -201,6 +204,30 @@ def test_in_memory_images_from_chinese_clip_tsv(clip_model_dir, tmp_path):
     files = read_dataset(EVAL / "generic" / "captions.jsonl", ReadOptions(limit=3))
     with EmbeddingCache(tmp_path / "cache.sqlite") as cache:
         assert embed_items(encoder, files.items, cache=cache).cached == 3
+
+
+def test_eval_images_go_through_the_library_embed_stage(clip_model_dir, tmp_path):
+    """One image path: eval embeds what an index run stores, fails what it fails for the same
+    reasons, and feeds the model whole batches in item order (the same vectors under any load)."""
+    make_photo_tree(tmp_path / "photos", 70)
+    make_bad_corpus(tmp_path / "photos" / "bad")
+    with Library(tmp_path / "lib") as lib:
+        lib.index([str(tmp_path / "photos")], model=str(clip_model_dir))
+        stored = lib.vectors()
+        failed = {os.fsdecode(path): reason for path, reason in lib.errors()}
+    kept = [n for n, kind in enumerate(stored.types) if kind == "image"]
+    good = [Path(os.fsdecode(stored.paths[n])) for n in kept]
+    bad = sorted(Path(p) for p in failed if media_type(p) == "image")
+    assert len(good) == 79 and len(bad) == 4
+    encoder = xmodal.load_model(clip_model_dir)
+    calls = count_model_calls(encoder)
+    embedded = embed_items(encoder, good[:40] + bad + good[40:])
+    assert calls == [32, 32, 14]  # 79 photos, two of them copies of one content (encoded once)
+    vectors = np.delete(embedded.vectors, range(40, 44), axis=0)
+    np.testing.assert_allclose(vectors, stored.vectors[kept], atol=1e-6)
+    assert {str(bad[i - 40]): reason for i, reason in embedded.failures.items()} == {
+        str(p): failed[str(p)] for p in bad
+    }
 
 
 def test_hash_memo_follows_file_changes(tmp_path):

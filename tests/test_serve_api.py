@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import xmodal
 from serve_helpers import clip_vector, cosine, immich_image_request, immich_text_request, post_predict, running_server
 from xmodal.errors import InvalidArgumentError
-from xmodal.serve import library_api
+from xmodal.serve import embeddings_api, library_api
 from xmodal.serve.security import UnsafeBindError, check_bind, is_loopback
 from xmodal.settings import Settings
 
@@ -110,11 +110,12 @@ def test_session_cookie_for_the_web_page(keyed):
 
 def test_no_key_configured_means_open_on_loopback():
     with running_server(Settings()) as running:
-        library_routes = {r.path.replace("{", "").replace("}", "") for r in library_api.router.routes}
+        routes = [*library_api.router.routes, *embeddings_api.router.routes]
+        library_routes = {r.path.replace("{", "").replace("}", "") for r in routes}
         for method, path in protected_routes(running.app):
             if method == "GET":
                 answer = running.client.get(path)
-                if path in library_routes:  # open, but this server has no library to answer with
+                if path in library_routes:  # open, but this server has no library (or embeddings) to answer with
                     assert answer.status_code in (503, 422) and answer.status_code != 401, path
                 else:
                     assert answer.status_code == 200, path

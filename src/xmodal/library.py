@@ -46,7 +46,7 @@ from xmodal.media.formats import TEXT_EXTENSIONS
 from xmodal.media.formats import text_extensions as text_extensions_of
 from xmodal.media.walk import WalkOptions
 from xmodal.models import load_model
-from xmodal.models.embedder import Embedder
+from xmodal.models.embedder import Embedder, same_model
 from xmodal.progress import Progress
 from xmodal.search import (
     DEFAULT_COMBINE,
@@ -227,6 +227,36 @@ class Library:
             else:
                 self._indexes.save(catalog, record)
         log.info("indexed %s: %s", list(map(str, paths)), report.summary())
+        return report
+
+    def import_embeddings(
+        self,
+        folder: str | os.PathLike,
+        model: ModelChoice = None,
+        *,
+        progress: Progress | None = None,
+        wait: bool = False,
+    ) -> IndexReport:
+        """Add the items of an embeddings folder (`xmodal embed-dataset` output, e.g. computed on a
+        cluster) with their stored vectors: no model work. The folder's model must be `model`
+        (default: the model it was made with, loaded by its name or folder) — the same files at the
+        same precision, else LibraryError. Then brings that model's vector index up to date."""
+        from xmodal.scale.importer import import_shards
+        from xmodal.scale.shards import read_manifest
+
+        made_with = read_manifest(folder)["model"]
+        with self._writing(wait=wait, create=True) as catalog:
+            encoder = self._embedder_for_index(catalog, model or made_with["source"], made_with["precision"])
+            if not same_model(encoder.model_key, made_with["key"]):
+                raise LibraryError(
+                    f"{folder}: embeddings of model {made_with['name']} ({made_with['key']}), not of "
+                    f"{encoder.name} ({encoder.model_key}); import with the model they were made with"
+                )
+            record = self._register(catalog, encoder)
+            report = import_shards(catalog, record.key, folder, progress)
+            catalog.update_model(record.key, last_indexed_at=time.time())
+            self._indexes.save(catalog, catalog.model(record.key))
+        log.info("imported %s: %s", folder, report.summary())
         return report
 
     def _roots(self, catalog: Catalog, paths: Sequence[str | os.PathLike] | None) -> list[str | os.PathLike]:
@@ -754,12 +784,6 @@ class _OnFirstUse:
         if self._made is None:
             self._made = self._make()
         return getattr(self._made, name)
-
-
-def same_model(key: str, other: str) -> bool:
-    """Whether two model keys name the same files at the same precision (a model folder that was
-    moved or renamed keeps its files' digest: ``name@precision:digest``)."""
-    return key == other or key.partition("@")[2] == other.partition("@")[2]
 
 
 def _check_types(type: str | Sequence[str] | None) -> tuple[str, ...] | None:

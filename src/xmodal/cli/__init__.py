@@ -35,6 +35,8 @@ COMMANDS = {
     "train": "xmodal.cli.train:train",
     "demo": "xmodal.cli.demo:demo",
     "serve": "xmodal.cli.serve:serve",
+    "embed-dataset": "xmodal.cli.scale:embed_dataset",
+    "build-index": "xmodal.cli.scale:build_index",
 }
 
 

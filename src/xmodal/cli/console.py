@@ -76,10 +76,17 @@ def flag(help: str, *names: str, **kwargs: Any) -> Any:
 @contextmanager
 def progress_bar(quiet: bool = False) -> Iterator[Progress]:
     """A progress reporter: a live bar on a terminal, silent when quiet or not a TTY."""
+    with progress_bars(1, quiet) as (bar,):
+        yield bar
+
+
+@contextmanager
+def progress_bars(count: int, quiet: bool = False) -> Iterator[tuple[Progress, ...]]:
+    """`count` reporters drawn as bars one above the other (e.g. shards and items of one job)."""
     if quiet or not sys.stderr.isatty() or not _consoles()[1].is_terminal:
-        yield NullProgress()
+        yield tuple(NullProgress() for _ in range(count))
         return
     from xmodal.cli.progress_bar import rich_progress
 
-    with rich_progress(_consoles()[1]) as reporter:
-        yield reporter
+    with rich_progress(_consoles()[1], count) as reporters:
+        yield reporters

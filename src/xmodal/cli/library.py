@@ -75,6 +75,11 @@ def index(
     wait: bool = flag("If another process is indexing this library, wait for it.", "--wait"),
     tune: bool = flag("Then pick ANN search parameters for --target-recall.", "--tune"),
     target_recall: float = typer.Option(0.95, "--target-recall", help="Recall@10 vs exact search for --tune."),
+    from_embeddings: Path = typer.Option(
+        None,
+        "--from-embeddings",
+        help="Import an `xmodal embed-dataset` folder (items with their stored vectors; no model work).",
+    ),
     quiet: bool = flag("No progress bar.", "--quiet", "-q"),
 ) -> None:
     """Index photos, videos and text documents under PATHS: incremental, resumable, crash-safe.
@@ -94,11 +99,17 @@ def index(
     if no_text and text_ext:
         raise typer.BadParameter("--no-text and --text-ext contradict each other")
     config = EmbedConfig(batch_size=batch_size, workers=workers)
+    if from_embeddings is not None and paths:
+        raise typer.BadParameter("give PATHS or --from-embeddings DIR, not both")
     text_extensions = [] if no_text else (text_ext or None)
     lib = _open(library)
     with lib:
         report = None
-        if paths or not (tune or index_spec):
+        if from_embeddings is not None:
+            with progress_bar(quiet) as progress:
+                report = lib.import_embeddings(from_embeddings, model, progress=progress, wait=wait)
+            _print_report(report)
+        elif paths or not (tune or index_spec):
             with progress_bar(quiet) as progress:
                 report = lib.index(
                     [str(p) for p in paths or []],
@@ -202,6 +213,9 @@ def search(
     only_paths: bool = flag("Same as --format paths: one path per line.", "--paths", "-f"),
     null: bool = flag("With paths: end each with a NUL byte (for xargs -0).", "--null", "-0"),
     local: bool = flag("Search in this process even when `xmodal serve` holds the library open.", "--local"),
+    embeddings: Path = typer.Option(
+        None, "--embeddings", help="Search an embeddings folder's built index (xmodal build-index) instead."
+    ),
 ) -> None:
     """Search the library by text, example image, indexed item, or a combination: photos, videos
     and documents (--type to choose), photos also through their captions.
@@ -232,16 +246,37 @@ def search(
         combine=combine,
     )
     answered = None
-    if not local and image is None:
-        from xmodal.cli.resident import names_local_files, resident_search
-
-        if not names_local_files(query):
-            answered = resident_search(_folder(library), {"text": query, **params})
-    if answered is not None:
-        results = SearchResults.from_dict(answered)
+    if embeddings is not None:
+        filters = (type, after, before, path_glob, tag)
+        results = _search_embeddings(embeddings, query, image, item, model, k, params["min_score"], filters)
     else:
-        with _existing(library) as lib:
-            results = lib.search(query, image=image, **params)
+        if not local and image is None:
+            from xmodal.cli.resident import names_local_files, resident_search
+
+            if not names_local_files(query):
+                answered = resident_search(_folder(library), {"text": query, **params})
+        if answered is not None:
+            results = SearchResults.from_dict(answered)
+        else:
+            with _existing(library) as lib:
+                results = lib.search(query, image=image, **params)
+    _print_results(results, chosen, null)
+
+
+def _search_embeddings(folder: Path, query, image, item, model, k, min_score, filters):
+    from xmodal.scale.index import ShardedIndex, query_model, search_embeddings
+
+    if item is not None or any(filters):
+        raise typer.BadParameter(
+            "--item, --type, --after, --before, --path and --tag search libraries, not --embeddings"
+        )
+    index = ShardedIndex(folder)
+    return search_embeddings(index, query_model(index, model), query, image, k, min_score=min_score)
+
+
+def _print_results(results, chosen: str, null: bool) -> None:
+    from xmodal.cli import output as out
+
     if chosen == "json":
         say(out.as_json(results))
         return

@@ -47,8 +47,8 @@ class RichProgressReporter:
 
 
 @contextmanager
-def rich_progress(console: Console) -> Iterator[RichProgressReporter]:
-    """A live bar with items/s and ETA on `console`."""
+def rich_progress(console: Console, count: int = 1) -> Iterator[tuple[RichProgressReporter, ...]]:
+    """`count` live bars with items/s and ETA on `console`, one above the other."""
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -59,4 +59,4 @@ def rich_progress(console: Console) -> Iterator[RichProgressReporter]:
         TimeRemainingColumn(),
     )
     with RichProgress(*columns, console=console) as bar:
-        yield RichProgressReporter(bar)
+        yield tuple(RichProgressReporter(bar) for _ in range(count))

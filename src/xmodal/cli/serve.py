@@ -22,6 +22,11 @@ def serve(
         " loopback. $XMODAL_API_KEY keeps it out of the process list.",
     ),
     ml_only: bool = flag("Serve only machine learning (Immich's /ping and /predict), without a library.", "--ml-only"),
+    embeddings: Path = typer.Option(
+        None,
+        "--embeddings",
+        help="Serve an embeddings folder's built index (xmodal build-index) at /api/embeddings instead of a library.",
+    ),
     preload: list[str] = typer.Option(
         None, "--preload", help="Model to load at start and keep loaded: a known name or a model folder (repeatable)."
     ),
@@ -43,7 +48,8 @@ def serve(
 ) -> None:
     """Serve a library over HTTP: a web page to search it at /, a JSON API with OpenAPI docs at /docs,
     /metrics, and an Immich-compatible machine-learning endpoint (point IMMICH_MACHINE_LEARNING_URL
-    at it). The library must exist (xmodal index PATH creates one); --ml-only serves without one."""
+    at it). The library must exist (xmodal index PATH creates one); --ml-only serves without one, and
+    --embeddings DIR serves an embeddings folder's index (xmodal build-index) instead."""
     from xmodal.serve import run_server
 
     config = settings.configure(
@@ -58,8 +64,10 @@ def serve(
         cors_origins=cors_origin or None,
         trusted_networks=trusted_network or None,
     )
-    if ml_only:
-        run_server(config, library=None)
+    if embeddings is not None and (ml_only or library is not None):
+        raise typer.BadParameter("give a library, --embeddings DIR or --ml-only: one of them")
+    if ml_only or embeddings is not None:
+        run_server(config, embeddings=_open_embeddings(embeddings) if embeddings is not None else None)
         return
     from xmodal.cli.console import say
     from xmodal.errors import LibraryNotFoundError, XmodalError
@@ -72,3 +80,16 @@ def serve(
         items = ", ".join(f"{n} {kind}s" for kind, n in served.status()["items"].items() if n)
         say(f"serving library {served.folder} ({items or 'no items yet'})", err=True)
         run_server(config, library=served)
+
+
+def _open_embeddings(folder: Path):
+    """The folder's index opened memory-mapped and its model loaded, before the server listens."""
+    from xmodal.cli.console import say
+    from xmodal.scale.index import ShardedIndex, query_model
+    from xmodal.serve.state import ServedEmbeddings
+
+    index = ShardedIndex(folder)
+    served = ServedEmbeddings(index, query_model(index))
+    mapped = "memory-mapped" if index.mapped else "in memory"
+    say(f"serving embeddings {index.folder} ({len(index):,} vectors, {index.info['spec']}, {mapped})", err=True)
+    return served

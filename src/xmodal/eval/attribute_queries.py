@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from xmodal.datasets.shapes import annotated_scenes, fits, shape_phrase
-from xmodal.errors import DatasetFormatError
+from xmodal.errors import DatasetFormatError, MediaError
 from xmodal.eval.datasets.base import RetrievalDataset
+from xmodal.eval.embedding import embed_items
 from xmodal.models.encoder import Encoder
 
 # Query form -> what it says of the shape besides its kind.
@@ -42,7 +43,11 @@ def attribute_query_precision(encoder: Encoder, dataset: RetrievalDataset, k: in
     scenes = annotated_scenes(dataset)
     if scenes is None:
         raise DatasetFormatError(dataset.name, "attribute queries need a 'shapes' annotation on every image")
-    images = encoder.embed_images(dataset.items)
+    embedded = embed_items(encoder, dataset.items)
+    if embedded.failures:  # every annotated image counts: none may be left out
+        i, reason = next(iter(embedded.failures.items()))
+        raise MediaError(dataset.items[i], reason)
+    images = embedded.vectors
     rng = np.random.default_rng(0)  # picks among the ways of saying a position
     results = []
     for form, said in QUERY_FORMS.items():

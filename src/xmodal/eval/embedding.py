@@ -1,7 +1,10 @@
 """Embedding benchmark items and captions through the cache: only what is not stored is encoded.
 
-Images and captions are embedded by the encoder as they are. Videos go through xmodal's one video
-path (`xmodal.models.video.embed_video`) and are pooled one of three ways:
+Images go through the ingest embed stage (`xmodal.store.ingest.embed`), the one the library's
+index runs and `embed-dataset`'s Ray workers use: the same bounded reads, decoding and batching,
+with whole batches in item order (bit-identical vectors run to run) and no photo descriptions.
+Captions are embedded by the text tower as they are. Videos go through xmodal's one video path
+(`xmodal.models.video.embed_video`) and are pooled one of three ways:
 
 - "uniform": the mean of `frames` uniformly sampled frames' unit embeddings, re-normalised (CLIP4Clip's
   mean pooling; 12 frames is its convention for MSVD and MSR-VTT),
@@ -16,6 +19,7 @@ and reports them.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +37,9 @@ from xmodal.models.embedder import Embedder
 from xmodal.models.encoder import Encoder, l2_normalize
 from xmodal.models.video import VideoEmbedding, configured_policy, embed_video
 from xmodal.progress import NullProgress, Progress
+from xmodal.store.ingest.embed import EmbedConfig
+from xmodal.store.ingest.embed import embed as embed_stage
+from xmodal.store.ingest.plan import FileJob
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +126,7 @@ def embed_items(
     else:
 
         def embed(indices: list[int]) -> tuple[list[np.ndarray], dict[int, str]]:
-            errors: dict[int, str] = {}
-            vectors = encoder.embed_images(
-                [items[i] for i in indices],
-                batch_size,
-                on_error=lambda k, _item, exc: errors.__setitem__(k, exc.reason),
-            )
-            return list(vectors), errors
+            return _embed_images(encoder, [items[i] for i in indices], [keys[i] for i in indices], batch_size)
 
         chunk = 8 * batch_size
     valid = [i for i in range(len(items)) if i not in failures]
@@ -208,6 +209,32 @@ def _embed_cached(
             cache.put(encoder.model_key, [(keys[i], out[i]) for k, i in enumerate(indices) if k not in errors])
         progress.advance(len(indices))
     return out, failures, len(keys) - len(todo)
+
+
+def _embed_images(
+    embedder: Embedder, items: Sequence[MediaSource], keys: Sequence[str], batch_size: int
+) -> tuple[list[np.ndarray | None], dict[int, str]]:
+    """Each image's vector (None where it failed) and the failures' reasons, through the ingest
+    embed stage; `keys` are the items' content hashes (computed once, for the cache)."""
+    jobs = [_image_job(item, key, n) for n, (item, key) in enumerate(zip(items, keys, strict=True))]
+    position = {id(job): n for n, job in enumerate(jobs)}
+    config = EmbedConfig(batch_size=batch_size, descriptions=False, whole_batches=True, types=frozenset({"image"}))
+    errors: dict[int, str] = {}
+    by_hash: dict[str, np.ndarray] = {}  # a content met twice is encoded once
+    for results in embed_stage(jobs, embedder, config=config):
+        for result in results:
+            if result.row.status != "ok":
+                errors[position[id(result.job)]] = result.row.error or "not embedded"
+            elif result.vector is not None:
+                by_hash[result.row.content_hash or ""] = result.vector
+    return [None if n in errors else by_hash[key] for n, key in enumerate(keys)], errors
+
+
+def _image_job(item: MediaSource, key: str, n: int) -> FileJob:
+    """A file the embed stage reads, or an image held in memory (a row of a TSV of base64 images)."""
+    if isinstance(item, bytes):
+        return FileJob(f"image {n}", "image", len(item), 0, known_hash=key, data=item)
+    return FileJob(os.fspath(item), "image", 0, 0, known_hash=key)
 
 
 def _stack(rows: Sequence[np.ndarray | None], dim: int) -> np.ndarray:

@@ -95,6 +95,33 @@ def read_file(
     raise MediaError(path, "file kept changing while being read (still being written?)")
 
 
+def content_of(
+    path: str,
+    data: bytes,
+    limit: int,
+    mtime_ns: int,
+    *,
+    digest: bool = True,
+    limit_name: str = "",
+    head: bool = False,
+) -> FileContent:
+    """The same checks, `head` cut and digest as `read_file` for content already in memory (an
+    archive member or a dataset row named `path`): MediaError when it is empty or over the limit."""
+    size = len(data)
+    if head:
+        data = data[:limit]
+    else:
+        _check_size(path, size, limit, limit_name)
+    if not data:
+        raise MediaError(path, "empty file (0 bytes)")
+    hexdigest = None
+    if digest:
+        hasher = new_hasher()
+        hasher.update(data)
+        hexdigest = hasher.hexdigest()
+    return FileContent(data, hexdigest, size, mtime_ns, size > len(data))
+
+
 def _check_size(path: str, size: int, limit: int, limit_name: str) -> None:
     if size > limit:
         setting = f" ({limit_name})" if limit_name else ""

@@ -56,3 +56,9 @@ class Embedder(Protocol):
     def embed_tokens(self, tokens: TokenBatch) -> np.ndarray:
         """Windows from `text_windows` (of one or several documents) -> (N, D) float32 unit rows."""
         ...
+
+
+def same_model(key: str, other: str) -> bool:
+    """Whether two model keys name the same files at the same precision (a model folder that was
+    moved or renamed keeps its files' digest: ``name@precision:digest``)."""
+    return key == other or key.partition("@")[2] == other.partition("@")[2]

@@ -79,7 +79,7 @@ class OnnxRuntimeSession:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(path), options, providers=_ort_providers(ort))
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
             raise ModelFormatError(path, f"not a loadable ONNX model: {_first_line(exc)}") from None
         inputs = self._session.get_inputs()
@@ -142,6 +142,14 @@ def _port_name(port) -> str:
     """The graph's own name of an OpenVINO port: after fusing a Cast, a port also carries the
     internal tensor name (e.g. '/Cast_output_0'); prefer the public one."""
     return sorted(port.get_names(), key=lambda n: (n.startswith("/"), len(n)))[0]
+
+
+def _ort_providers(ort) -> list[str]:
+    """CUDA first where this ONNX Runtime build has it (onnxruntime-gpu on a GPU machine, e.g. a
+    Ray GPU worker), else the CPU; ONNX Runtime falls back to the CPU when no GPU is visible."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
 class RknnSession:

@@ -34,12 +34,12 @@ from xmodal.errors import (
     XmodalError,
 )
 from xmodal.library import Library
-from xmodal.serve import immich, library_api, resident
+from xmodal.serve import embeddings_api, immich, library_api, resident
 from xmodal.serve.limits import BodyLimitMiddleware
 from xmodal.serve.metrics import MetricsMiddleware
 from xmodal.serve.schemas import MAX_HTTP_RESULTS, Health, ModelInfo, ModelsResponse, ServerInfo, SessionRequest
 from xmodal.serve.security import COOKIE_NAME, SecurityHeadersMiddleware, key_matches, require_api_key
-from xmodal.serve.state import ServeState
+from xmodal.serve.state import ServedEmbeddings, ServeState
 from xmodal.serve.thumbnails import THUMBNAIL_SIZES
 from xmodal.settings import Settings
 
@@ -63,10 +63,12 @@ _ERROR_STATUS: tuple[tuple[type[XmodalError], int], ...] = (
 )
 
 
-def create_app(settings: Settings | None = None, library: Library | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, library: Library | None = None, embeddings: ServedEmbeddings | None = None
+) -> FastAPI:
     """The server for `settings` (default: the process's) and `library` (shared by every request
-    thread; the caller closes it); None serves machine learning only."""
-    state = ServeState(settings or settings_module.current(), library)
+    thread; the caller closes it) or an embeddings folder's index; neither serves machine learning only."""
+    state = ServeState(settings or settings_module.current(), library, embeddings)
     app = FastAPI(
         title="xmodal",
         version=__version__,
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
     app.include_router(immich.public)
     app.include_router(immich.router)
     app.include_router(library_api.router)
+    app.include_router(embeddings_api.router)
     if library is not None:  # `xmodal search` of this library asks this server (its local socket)
         app.include_router(resident.router)
     _add_service_routes(app)

@@ -13,12 +13,12 @@ import mimetypes
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from xmodal.library import Library
 from xmodal.search import SearchResults
@@ -31,6 +31,7 @@ from xmodal.serve.state import ServeState
 from xmodal.serve.thumbnails import DEFAULT_SIZE, THUMBNAIL_SIZES
 from xmodal.store.catalog import display_path
 
+Q = TypeVar("Q", bound=BaseModel)
 router = APIRouter(prefix="/api", tags=["library"], dependencies=[Depends(require_api_key)])
 
 ItemId = Annotated[int, Path(ge=1, le=2**62, description="An item id from search results")]
@@ -41,20 +42,23 @@ FILE_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'uns
 EVENTS_TICK = 0.25  # seconds between looks at the index run for the event stream
 KEEPALIVE = 15.0
 _ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
-_SEARCH_FORM = multipart_body(
-    {
-        "image": {"type": "string", "format": "binary", "description": "An example image"},
-        **{
-            name: {"type": "string", "description": spec.description} for name, spec in SearchQuery.model_fields.items()
-        },
-    }
-)
+
+
+def search_form_schema(schema: type[BaseModel]) -> dict:
+    """The OpenAPI description of a multipart search: an example image and `schema`'s fields."""
+    fields = {name: {"type": "string", "description": spec.description} for name, spec in schema.model_fields.items()}
+    return multipart_body({"image": {"type": "string", "format": "binary", "description": "An example image"}} | fields)
+
+
+_SEARCH_FORM = search_form_schema(SearchQuery)
 
 
 def library_state(request: Request) -> ServeState:
     """FastAPI dependency: the server's state, 503 when it serves no library."""
     state: ServeState = request.app.state.xmodal
     if state.library is None:
+        if state.embeddings is not None:
+            raise HTTPException(503, "this server has no library: it serves an embeddings folder (/api/embeddings)")
         raise HTTPException(503, "this server has no library: it serves machine learning only (--ml-only)")
     return state
 
@@ -98,28 +102,42 @@ async def search(state: Served, query: Annotated[SearchQuery, Query()]) -> JSONR
     responses={**_ERRORS, 400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}},
 )
 async def search_with_image(state: Served, request: Request) -> JSONResponse:
+    query, image = await search_form(request, SearchQuery)
+    return await _search(state, query, image)
+
+
+async def search_form(request: Request, schema: type[Q]) -> tuple[Q, bytes | None]:
+    """A multipart search: its fields as `schema`, and the uploaded example image's bytes."""
     form = await read_form(request)
     image = form.pop("image", None)
     try:
-        query = SearchQuery.model_validate({name: part.text() for name, part in form.items()})
+        query = schema.model_validate({name: part.text() for name, part in form.items()})
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     if image is not None and not image.data:
         raise HTTPException(422, "the image part is empty")
-    return await _search(state, query, image.data if image is not None else None)
+    return query, image.data if image is not None else None
+
+
+async def answer_search(
+    state: ServeState, q: str | None, used: list[str], search: Callable[[], SearchResults]
+) -> JSONResponse:
+    """Check the query's text against the limit, run `search` on the pool, count it in the
+    metrics by what it was given (`used`: "text", "item", "image"), answer its JSON."""
+    limit = state.settings.max_query_chars
+    if q and len(q) > limit:
+        raise HTTPException(422, f"q is {len(q):,} characters; the limit is {limit:,} (XMODAL_MAX_QUERY_CHARS)")
+    started = time.perf_counter()
+    results = await state.run(search)
+    state.metrics.observe_search(used[0] if len(used) == 1 else "combined", time.perf_counter() - started)
+    return JSONResponse(results.to_dict())
 
 
 async def _search(state: ServeState, query: SearchQuery, image: bytes | None) -> JSONResponse:
-    if not query.q and query.item is None and image is None:
-        raise HTTPException(422, "give a text (q), an item id (item) or an image to search with")
-    limit = state.settings.max_query_chars
-    if query.q and len(query.q) > limit:
-        raise HTTPException(422, f"q is {len(query.q):,} characters; the limit is {limit:,} (XMODAL_MAX_QUERY_CHARS)")
     used = [kind for kind, given in (("text", query.q), ("item", query.item), ("image", image)) if given]
-    started = time.perf_counter()
-    results = await state.run(_run_search, state.library, query, image)
-    state.metrics.observe_search(used[0] if len(used) == 1 else "combined", time.perf_counter() - started)
-    return JSONResponse(results.to_dict())
+    if not used:
+        raise HTTPException(422, "give a text (q), an item id (item) or an image to search with")
+    return await answer_search(state, query.q, used, lambda: _run_search(state.library, query, image))
 
 
 def _run_search(library: Library, query: SearchQuery, image: bytes | None) -> SearchResults:

@@ -11,6 +11,7 @@ from xmodal.errors import XmodalError
 from xmodal.library import Library
 from xmodal.serve.app import create_app
 from xmodal.serve.security import check_bind
+from xmodal.serve.state import ServedEmbeddings
 from xmodal.settings import Settings
 
 
@@ -41,10 +42,10 @@ def make_server(app: FastAPI, settings: Settings, **config: Any) -> uvicorn.Serv
     return _Server(uvicorn.Config(app, **(options | config)), app)
 
 
-def run_server(settings: Settings, library: Library | None = None) -> None:
+def run_server(settings: Settings, library: Library | None = None, embeddings: ServedEmbeddings | None = None) -> None:
     """Serve until interrupted; refuses an unsafe bind and unknown preload names before listening."""
     check_bind(settings)
-    app = create_app(settings, library)
+    app = create_app(settings, library, embeddings)
     for source in settings.preload:
         app.state.xmodal.models.add_alias(source)
     server = make_server(app, settings)

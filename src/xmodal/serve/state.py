@@ -1,5 +1,5 @@
 """What one server holds while it runs: settings, models, metrics, the inference thread pool, and
-when it serves a library: the library, its thumbnails and its index runs."""
+when it serves a library: the library, its thumbnails and its index runs (or an embeddings folder)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from fastapi import HTTPException
 
 from xmodal.library import Library
+from xmodal.models.embedder import Embedder
+from xmodal.scale.index import ShardedIndex
 from xmodal.serve.indexing import IndexRuns, IndexRunState
 from xmodal.serve.metrics import Metrics
 from xmodal.serve.model_cache import ModelCache
@@ -31,12 +33,21 @@ class RequestTimeoutError(HTTPException):
         super().__init__(504, f"the request took longer than {seconds:g} s (XMODAL_REQUEST_TIMEOUT)")
 
 
+@dataclass(frozen=True)
+class ServedEmbeddings:
+    """An embeddings folder's index, opened memory-mapped, and the model that embeds its queries."""
+
+    index: ShardedIndex
+    encoder: Embedder
+
+
 @dataclass
 class ServeState:
     """Kept in `app.state.xmodal`; the thread pool exists between the app's start and stop."""
 
     settings: Settings
     library: Library | None
+    embeddings: ServedEmbeddings | None = None
     metrics: Metrics = field(default_factory=Metrics)
     models: ModelCache = field(init=False)
     thumbnails: ThumbnailCache | None = field(init=False, default=None)

@@ -59,34 +59,31 @@ def sweep(index: VectorIndex) -> list[str]:
 
 def tune_index(
     index: VectorIndex,
-    vectors: np.ndarray,
+    vectors: np.ndarray | None = None,
     *,
     target_recall: float = 0.95,
     k: int = 10,
     queries: np.ndarray | None = None,
     ids: np.ndarray | None = None,
     seed: int = 0,
+    truth: np.ndarray | None = None,
+    exact_qps: float | None = None,
 ) -> TuneReport:
     """Measure recall@k of each setting of `sweep(index)`, store the cheapest meeting `target_recall`.
 
     vectors: the indexed vectors (float32 rows in `ids` order, default `index.ids`): the ground truth
     is an exact float32 search over them. queries: held-out queries (say, embeddings of typical text
-    queries); by default `held_out_queries(vectors, DEFAULT_QUERIES)`.
+    queries); by default `held_out_queries(vectors, DEFAULT_QUERIES)`. An index too large to hold its
+    vectors passes `queries` with their exact top-k ids as `truth` instead (and the exact search's
+    measured `exact_qps`).
     """
-    ids = index.ids if ids is None else as_ids(ids)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or len(vectors) != len(ids) or len(ids) == 0:
-        raise InvalidArgumentError("vectors", f"shape {vectors.shape}", f"one row per indexed id ({len(ids)})")
     if not 0 < target_recall <= 1:
         raise InvalidArgumentError("target_recall", target_recall, "a fraction in (0, 1]")
-    if queries is None:
-        queries = held_out_queries(vectors, DEFAULT_QUERIES, seed)
+    if truth is None:
+        queries, truth, exact_qps = _exact_truth(index, vectors, k, queries, ids, seed)
+    elif queries is None or len(queries) != len(truth):
+        raise InvalidArgumentError("queries", "missing or of another count", "one query per row of `truth`")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-
-    started = time.perf_counter()
-    _, truth_rows = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-    exact_qps = len(queries) / (time.perf_counter() - started)
-    truth = ids[truth_rows]
 
     settings: list[TuneSetting] = []
     defaults = parse_params(index.params)  # what the sweep does not set (a refined index's k_factor) stays
@@ -113,9 +110,30 @@ def tune_index(
         n_queries=len(queries),
         chosen=best.params,
         met=best.recall >= target_recall,
-        exact_qps=exact_qps,
+        exact_qps=float(exact_qps or 0.0),
         settings=settings,
     )
+
+
+def _exact_truth(
+    index: VectorIndex,
+    vectors: np.ndarray | None,
+    k: int,
+    queries: np.ndarray | None,
+    ids: np.ndarray | None,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(queries, their exact top-k ids, exact queries/s) over the indexed `vectors`."""
+    ids = index.ids if ids is None else as_ids(ids)
+    vectors = np.ascontiguousarray(vectors if vectors is not None else np.empty((0, index.dim)), dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(ids) or len(ids) == 0:
+        raise InvalidArgumentError("vectors", f"shape {vectors.shape}", f"one row per indexed id ({len(ids)})")
+    if queries is None:
+        queries = held_out_queries(vectors, DEFAULT_QUERIES, seed)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    started = time.perf_counter()
+    _, truth_rows = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return queries, ids[truth_rows], len(queries) / (time.perf_counter() - started)
 
 
 def held_out_queries(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:

@@ -1,10 +1,12 @@
 """Ingest, stage 2: read, hash, decode and embed the files of a plan — with no catalog inside.
 
 `embed(jobs, embedder, known)` takes picklable `FileJob`s and yields lists of picklable
-`EmbedResult`s, so a thread, a process or a Ray actor can run it; the library's index run and the
-benchmarks' embedding go through this one stage. Files are read bounded in size (settings) and
-decoded on a thread pool that runs ahead of the encoder by two batches; the encoder takes full
-batches, or a partial one rather than wait for decoding. A file whose content hash is in `known`
+`EmbedResult`s, so a thread, a process or a Ray actor can run it; the library's index run,
+`embed-dataset`'s Ray workers, eval's image embedding and the benchmarks go through this one stage
+(a job's `data` stands in for a file: an archive member, an image held in memory). Files are
+read bounded in size (settings) and decoded on a thread pool that runs ahead of the encoder by two
+batches; the encoder takes full batches, or a partial one rather than wait for decoding (unless
+`EmbedConfig.whole_batches`). A file whose content hash is in `known`
 (already embedded) is only probed for its metadata; a content met twice in one run is encoded once.
 
 Per type: a photo's vector is its pixels', and the description embedded in it (XMP, IPTC, EXIF)
@@ -33,7 +35,7 @@ import numpy as np
 
 from xmodal import settings
 from xmodal.errors import InvalidArgumentError, MediaError
-from xmodal.media.files import FileContent, read_file
+from xmodal.media.files import FileContent, content_of, read_file
 from xmodal.media.image import Description, decode_image, probe_image
 from xmodal.media.text import decode_text, document_language
 from xmodal.media.video import probe_video
@@ -65,12 +67,20 @@ class EmbedConfig:
     encoder by two batches; the encoder takes up to `batch_size` images (or 4x as many text
     windows) at a time (fewer when it would otherwise wait for decoding); results that need no
     encoder (failures, known content) are handed on at least every `flush_seconds`.
-    `descriptions`: embed the descriptions photos carry (off with the library's text indexing)."""
+    `descriptions`: embed the descriptions photos carry (off with the library's text indexing).
+    `whole_batches`: the encoder only ever takes `batch_size` inputs in job order (the last batch
+    shorter), never a partial batch while decoding lags, so the same jobs give bit-identical
+    vectors whatever the machine's load (benchmarks want that; an index run wants the encoder busy).
+    `types`: the media types this run embeds (default: every type this version embeds); files of
+    the others are recorded as pending, with `skipped_reason`."""
 
     batch_size: int = 32
     workers: int | None = None
     flush_seconds: float = 2.0
     descriptions: bool = True
+    whole_batches: bool = False
+    types: frozenset[str] = READY_TYPES
+    skipped_reason: str = PENDING_REASON
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -170,6 +180,8 @@ class EmbedRun:
     def _on_wait(self) -> None:
         """The next file is still being decoded: keep the encoder busy with a partial batch (at
         least a quarter of one) rather than idle; full batches return once decoding keeps up."""
+        if self.config.whole_batches:
+            return
         if self._batch and self._fill() >= max(1, self.config.batch_size // 4):
             self._flush(encode=True)
 
@@ -218,18 +230,36 @@ class EmbedRun:
 
     def _prepare(self, job: FileJob) -> _Prepared:
         """Read, hash and (when its content is not known) decode one file; never raises MediaError."""
-        if job.type not in READY_TYPES:
-            reason = PENDING_REASON.format(type=job.type.capitalize())
-            return _Prepared(EmbedResult(job, _row(job, "pending", error=reason)))
-        try:
-            content = read_file(
-                job.path,
-                self.limits.max_bytes(job.type),
-                keep=job.type != "video",  # a video is only hashed here; it is decoded from its file
-                digest=job.known_hash is None,
-                limit_name=_LIMIT_SETTINGS[job.type],
-                head=job.type == "text",
+        if job.type not in READY_TYPES or job.type not in self.config.types:
+            reason = (PENDING_REASON if job.type not in READY_TYPES else self.config.skipped_reason).format(
+                type=job.type.capitalize()
             )
+            return _Prepared(EmbedResult(job, _row(job, "pending", error=reason)))
+        if job.data is not None and job.type == "video":
+            reason = "a video inside an archive: videos are decoded from files of their own (extract it first)"
+            return _Prepared(EmbedResult(job, _row(job, "failed", error=reason)))
+        limit, limit_name = self.limits.max_bytes(job.type), _LIMIT_SETTINGS[job.type]
+        try:
+            head = job.type == "text"
+            if job.data is not None:
+                content = content_of(
+                    job.path,
+                    job.data,
+                    limit,
+                    job.mtime_ns,
+                    digest=job.known_hash is None,
+                    limit_name=limit_name,
+                    head=head,
+                )
+            else:
+                content = read_file(
+                    job.path,
+                    limit,
+                    keep=job.type != "video",  # a video is only hashed here; it is decoded from its file
+                    digest=job.known_hash is None,
+                    limit_name=limit_name,
+                    head=head,
+                )
         except MediaError as exc:
             return _Prepared(EmbedResult(job, _row(job, "failed", error=exc.reason)))
         digest = job.known_hash or content.digest

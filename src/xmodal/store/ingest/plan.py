@@ -19,13 +19,16 @@ from xmodal.store.catalog import Catalog, ItemRecord, ItemUpdate
 @dataclass(frozen=True)
 class FileJob:
     """A file the embed stage must read (picklable; no catalog inside). `known_hash` is its content
-    hash when the file is unchanged and only lacks an embedding of this model."""
+    hash when the file is unchanged and only lacks an embedding of this model. `data` holds the
+    content of an item that is no file of its own (an archive member, named `archive#member`):
+    the embed stage takes it instead of reading `path`, under the same size limit."""
 
     path: str
     type: str
     size: int
     mtime_ns: int
     known_hash: str | None = None
+    data: bytes | None = None
 
 
 @dataclass
