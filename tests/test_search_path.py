@@ -199,7 +199,7 @@ def test_search_uses_a_resident_server_of_the_library_when_one_listens(library: 
 
 def test_int8_query_tower_only_where_it_agrees_with_fp32(clip_model_dir: Path, monkeypatch):
     from xmodal import settings
-    from xmodal.models import query_tower
+    from xmodal.models import quantize, query_tower
 
     monkeypatch.setenv("XMODAL_QUERY_INT8", "1")
     settings.configure()
@@ -209,7 +209,7 @@ def test_int8_query_tower_only_where_it_agrees_with_fp32(clip_model_dir: Path, m
     texts = ["a red circle", "two dogs on a beach at sunset"]
     np.testing.assert_array_equal(encoder.embed_queries(texts), encoder.embed_texts(texts))
     verdict = encoder.prepare_queries()["int8"]
-    assert verdict["probe_texts"] == len(query_tower.PROBE_TEXTS) and verdict["ok"] == (verdict["min_cosine"] >= 0.999)
+    assert verdict["probe_texts"] == len(quantize.PROBE_TEXTS) and verdict["ok"] == (verdict["min_cosine"] >= 0.999)
     assert encoder.prepare_queries()["int8"] == verdict  # measured once per model and CPU kind
     fresh = xmodal.load_model(clip_model_dir)
     queries, plain = fresh.embed_queries(texts), fresh.embed_texts(texts)

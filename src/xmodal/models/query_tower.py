@@ -29,6 +29,7 @@ import numpy as np
 
 from xmodal import settings
 from xmodal.machine import cpu_info
+from xmodal.models.quantize import PROBE_TEXTS  # the probe texts every precision check uses
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +38,6 @@ MIN_COSINE = {"mapped": 0.99999, "int8": 0.999}
 MAPPED_MIN_BYTES = 64 << 20  # smaller text graphs open quickly as they are; their encode would only slow down
 GRAPH = {"mapped": "mapped/model.onnx", "int8": "model.ort"}
 VERDICT = {"mapped": "mapped.json", "int8": "verdict.json"}
-PROBE_TEXTS = (
-    "a dog",
-    "a photo of a cat sleeping on a red sofa",
-    "sunset over the sea with a sailing boat",
-    "two children playing football in a park",
-    "a bowl of fruit on a wooden kitchen table",
-    "snowy mountains above a lake at dawn",
-    "a crowded street market at night with lanterns",
-    "close-up of a yellow flower with a bee",
-    "an old black and white portrait of a man with a hat",
-    "a plate of pasta with tomato sauce and basil",
-    "the eiffel tower",
-    "a blurry photo taken from a moving train window showing fields, trees and a small village in the distance",
-    "receipt",
-    "a screenshot of a chat conversation",
-    "birthday cake with candles",
-    "a red circle",
-)
 
 
 def _folder(textual: Path) -> Path:
