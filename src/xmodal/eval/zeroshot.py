@@ -122,12 +122,25 @@ def evaluate_zeroshot(
     batch_size: int = 32,
 ) -> ZeroShotResult:
     """Classify every image of the dataset by its nearest class embedding."""
+    return _classified(encoder, dataset, templates, language, cache, progress, batch_size)[0]
+
+
+def _classified(
+    encoder: Encoder,
+    dataset: ClassificationDataset,
+    templates: Sequence[str],
+    language: str | None,
+    cache: EmbeddingCache | None,
+    progress: Progress | None,
+    batch_size: int,
+) -> tuple[ZeroShotResult, np.ndarray, dict[int, str]]:
+    """One model's result, with the scores and failures it came from (an ensemble mixes them)."""
     started = time.perf_counter()
     scores, failures = zeroshot_scores(
         encoder, dataset, templates, language=language, cache=cache, progress=progress, batch_size=batch_size
     )
     member = _Member(encoder.name, encoder.model_key, encoder.precision)
-    return _result(member, dataset, len(templates), scores, failures, started)
+    return _result(member, dataset, len(templates), scores, failures, started), scores, failures
 
 
 ENSEMBLE_LOGIT_SCALE = 100.0  # CLIP's: class probabilities are softmax(100 * cosine)
@@ -155,20 +168,8 @@ def evaluate_ensemble(
     started = time.perf_counter()
     results, probabilities, failed = [], [], {}
     for encoder in encoders:
-        began = time.perf_counter()
-        scores, failures = zeroshot_scores(
-            encoder, dataset, templates, language=language, cache=cache, progress=progress, batch_size=batch_size
-        )
-        results.append(
-            _result(
-                _Member(encoder.name, encoder.model_key, encoder.precision),
-                dataset,
-                len(templates),
-                scores,
-                failures,
-                began,
-            )
-        )
+        result, scores, failures = _classified(encoder, dataset, templates, language, cache, progress, batch_size)
+        results.append(result)
         logits = ENSEMBLE_LOGIT_SCALE * (scores - scores.max(axis=1, keepdims=True))
         probabilities.append(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True))
         failed |= failures
