@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -42,13 +41,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        generate_synth_shapes(root / "synth", SynthConfig(n=args.n, seed=args.seed))
-        records = json.loads((root / "synth" / "dataset_synth_shapes.json").read_text())["images"]
-        photos = root / "photos"
-        photos.mkdir()
+        records = json.loads(generate_synth_shapes(root / "synth", SynthConfig(n=args.n, seed=args.seed)).read_text())
+        records = records["images"]
+        photos = root / "synth" / "images"  # indexed where they were generated, caption files beside them
         captioned = set(np.random.default_rng(args.seed).permutation(args.n)[: int(args.captioned * args.n)].tolist())
         for i, r in enumerate(records):
-            shutil.copy(root / "synth" / "images" / r["filename"], photos / r["filename"])
             if i in captioned:
                 (photos / (Path(r["filename"]).stem + ".txt")).write_text(r["sentences"][0]["raw"])
         queries = root / "queries.jsonl"

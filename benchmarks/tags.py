@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -61,10 +60,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        generate_synth_shapes(root / "synth", SynthConfig(n=args.n, seed=args.seed))
-        records = json.loads((root / "synth" / "dataset_synth_shapes.json").read_text())["images"]
-        photos = root / "photos"
-        shutil.copytree(root / "synth" / "images", photos)
+        records = json.loads(generate_synth_shapes(root / "synth", SynthConfig(n=args.n, seed=args.seed)).read_text())
+        records = records["images"]
+        photos = root / "synth" / "images"  # indexed where they were generated
         vocabulary = root / "shapes.json"
         vocabulary.write_text(json.dumps(VOCABULARY))
         truth = truth_of(records, photos)
