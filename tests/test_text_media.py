@@ -90,6 +90,26 @@ def test_head_reads_are_bounded_and_cut_at_a_character(tmp_path: Path):
         read_file(str(tmp_path / "empty.txt"), 1 << 20, head=True)
 
 
+def _bytes_read() -> int:
+    return int(dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())["rchar"])
+
+
+def test_a_file_neither_kept_nor_hashed_is_not_read(tmp_path: Path):
+    video = tmp_path / "known.mp4"
+    video.write_bytes(os.urandom(8 << 20))
+    before = _bytes_read()
+    content = read_file(str(video), 1 << 30, keep=False, digest=False)
+    assert _bytes_read() - before < 1 << 20  # a known video is decoded from its file later: no read here
+    assert (content.data, content.digest, content.size, content.truncated) == (None, None, 8 << 20, False)
+    hashed = read_file(str(video), 1 << 30, keep=False)
+    assert _bytes_read() - before >= 8 << 20 and hashed.digest is not None and hashed.data is None
+    with pytest.raises(MediaError, match="over the 1.0 MB limit"):
+        read_file(str(video), 1 << 20, keep=False, digest=False)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(MediaError, match="empty file"):
+        read_file(str(tmp_path / "empty.mp4"), 1 << 20, keep=False, digest=False)
+
+
 def test_languages_declared_or_detected():
     assert declared_language("---\ntitle: Notizen\nlang: de\n---\nText") == "de"
     assert declared_language('---\nlanguage: "pt_BR"\n---\n') == "pt-br"

@@ -54,7 +54,9 @@ def read_file(
     with `head`, a larger file's first `limit` bytes instead (the digest covers those bytes).
 
     Raises MediaError naming the file: missing, unreadable, empty, over the limit (the message names
-    `limit_name`, the setting that raises it), or changing on every attempt."""
+    `limit_name`, the setting that raises it), or changing on every attempt. Neither kept nor
+    hashed (a known video, decoded from its file later), the file is only opened and checked."""
+    reading = keep or digest
     for _ in range(attempts):
         try:
             with open(path, "rb") as fp:
@@ -64,7 +66,7 @@ def read_file(
                 hasher = new_hasher() if digest else None
                 chunks: list[bytes] = []
                 total = 0
-                while chunk := fp.read(min(_CHUNK, limit - total) if head else _CHUNK):
+                while reading and (chunk := fp.read(min(_CHUNK, limit - total) if head else _CHUNK)):
                     total += len(chunk)
                     if total > limit:
                         _check_size(path, total, limit, limit_name)  # grew past the limit while read
@@ -82,6 +84,7 @@ def read_file(
         except OSError as exc:
             raise MediaError(path, f"cannot read: {exc.strerror or exc}") from None
         expected = min(after.st_size, limit) if head else after.st_size
+        total = total if reading else expected
         stable = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and total == expected
         if stable:
             if total == 0:
